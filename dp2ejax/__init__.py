@@ -1,7 +1,34 @@
-"""dp2ejax: mixed and emulated floating-point arithmetic for JAX."""
+"""dp2ejax: mixed and emulated floating-point arithmetic for JAX.
 
-from dp2ejax.arith import FORMATS, FloatFormat, get_format, round_to
+The public API: formats (:class:`FloatFormat`, :data:`FORMATS`, :func:`get_format`), bit-exact
+rounding (:func:`round_to`), precision policies (:class:`PrecisionPolicy`, :class:`Rule`,
+:class:`Accumulation`) and the :func:`emulate` transformation.
+"""
+
+from dp2ejax.arith import (
+    FORMATS,
+    OP_KINDS,
+    ROUNDING_MODES,
+    Accumulation,
+    FloatFormat,
+    PrecisionPolicy,
+    Rule,
+    emulate,
+    get_format,
+    round_to,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["FORMATS", "FloatFormat", "get_format", "round_to"]
+__all__ = [
+    "FORMATS",
+    "OP_KINDS",
+    "ROUNDING_MODES",
+    "Accumulation",
+    "FloatFormat",
+    "PrecisionPolicy",
+    "Rule",
+    "emulate",
+    "get_format",
+    "round_to",
+]

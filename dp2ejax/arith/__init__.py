@@ -1,16 +1,29 @@
 """The arithmetic core: floating-point formats, bit-exact rounding, precision policies and the
 ``emulate`` transformation that rounds every operation of a JAX function."""
 
+from dp2ejax.arith.emulate import emulate, module_path
 from dp2ejax.arith.formats import ALIASES, FORMATS, FloatFormat, carrier_format, get_format
-from dp2ejax.arith.rounding import ROUNDING_MODES, round_bits, round_to
+from dp2ejax.arith.policy import NATIVE, OP_KINDS, Accumulation, PrecisionPolicy, Rule
+from dp2ejax.arith.random_bits import RANDOM_BIT_GENERATORS, random_bits
+from dp2ejax.arith.rounding import RANDOM_MODES, ROUNDING_MODES, round_bits, round_to
 
 __all__ = [
     "ALIASES",
     "FORMATS",
-    "FloatFormat",
+    "NATIVE",
+    "OP_KINDS",
+    "RANDOM_BIT_GENERATORS",
+    "RANDOM_MODES",
     "ROUNDING_MODES",
+    "Accumulation",
+    "FloatFormat",
+    "PrecisionPolicy",
+    "Rule",
     "carrier_format",
+    "emulate",
     "get_format",
+    "module_path",
+    "random_bits",
     "round_bits",
     "round_to",
 ]

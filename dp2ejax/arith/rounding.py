@@ -20,6 +20,7 @@ import numpy as np
 from jax import lax
 
 from dp2ejax.arith.formats import FloatFormat, carrier_format, get_format
+from dp2ejax.arith.random_bits import RandomBitGenerator, random_bits
 
 RoundingMode = Literal["nearest", "toward_zero", "up", "down", "stochastic", "random"]
 ROUNDING_MODES: tuple[str, ...] = ("nearest", "toward_zero", "up", "down", "stochastic", "random")
@@ -43,6 +44,7 @@ def round_to(
     key: jax.Array | None = None,
     *,
     saturate: bool = False,
+    rng: RandomBitGenerator = "hash",
 ) -> jax.Array:
     """Rounds ``x`` to the values representable in ``fmt``; the result keeps ``x``'s dtype.
 
@@ -57,6 +59,9 @@ def round_to(
       key: a PRNG key, required by the ``stochastic`` and ``random`` modes.
       saturate: if True, values beyond the largest finite value (infinities included) become
         ±max instead of what the format's ``overflow`` says.
+      rng: where the random bits of the random modes come from: ``"hash"`` (a fast
+        counter-based hash seeded from ``key``) or ``"jax"`` (``jax.random.bits``); see
+        :func:`dp2ejax.arith.random_bits`.
 
     Returns:
       An array like ``x`` whose values all belong to ``fmt``. NaN stays NaN, also in formats
@@ -88,12 +93,12 @@ def round_to(
     if mode in RANDOM_MODES:
         if key is None:
             raise ValueError(f"rounding mode {mode!r} needs a PRNG key: pass key=")
-        random_bits = jax.random.bits(key, x.shape, _UINT[x.dtype.itemsize])
+        bits = random_bits(key, x.shape, x.dtype, rng)
     else:
-        random_bits = None
+        bits = None
     if carrier.is_subset_of(fmt) and not saturate:
         return x
-    return _round_straight_through(x, random_bits, fmt, mode, saturate)
+    return _round_straight_through(x, bits, fmt, mode, saturate)
 
 
 def _fast_nearest_applies(carrier: FloatFormat, fmt: FloatFormat) -> bool:

@@ -1,0 +1,395 @@
+"""``emulate``: run a JAX function with every floating-point operation rounded as a policy says.
+
+The function is traced to a jaxpr, and a small interpreter evaluates it equation by equation:
+the float operands of each arithmetic operation are rounded to the operation's format (as
+hardware converts its inputs), the operation runs in the carrier dtype, and its result is
+rounded. Data movement (reshape, slicing, gathers, selects…) is not rounded. The interpreter
+remembers which values are already representable in which format, so a chain of operations in
+one format rounds each value once. It recurses into ``jit``, ``checkpoint``, ``custom_jvp`` /
+``custom_vjp`` calls (their primal computation), ``scan``, ``while`` and ``cond``, and reads
+each equation's module path from its name stack (Flax modules and ``jax.named_scope``).
+
+Matmuls (``dot_general``) model how hardware accumulates: ``exact`` (carrier-precision sum,
+rounded once), ``blocked(k)`` (sums of k products added to a running sum that is rounded after
+each addition) and ``sequential`` (``blocked(1)``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend import core as jex_core
+
+from dp2ejax.arith.formats import FloatFormat, carrier_format
+from dp2ejax.arith.policy import PrecisionPolicy, Rule
+from dp2ejax.arith.random_bits import random_bits
+from dp2ejax.arith.rounding import RANDOM_MODES, _round_straight_through
+
+_DATA_MOVEMENT = frozenset({
+    "reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice",
+    "dynamic_slice", "dynamic_update_slice", "gather", "concatenate", "pad", "rev", "select_n",
+    "copy", "copy_p", "device_put", "sharding_constraint", "sort", "split", "stop_gradient",
+    "optimization_barrier", "mesh_cast", "pvary", "reduce_precision", "iota", "squeeze",
+    "real", "imag", "conj", "complex", "scatter",
+})
+# Operations whose result is representable in any format that holds their operands.
+_CLOSED_ON_FORMAT = frozenset({
+    "neg", "abs", "max", "min", "reduce_max", "reduce_min", "cummax", "cummin", "clamp",
+    "sign",
+})
+_REDUCTIONS = frozenset({
+    "reduce_sum", "reduce_prod", "reduce_max", "reduce_min", "cumsum", "cumprod", "cummax",
+    "cummin", "cumlogsumexp", "argmax", "argmin", "reduce_and", "reduce_or",
+})
+_MATMULS = frozenset({"dot_general", "conv_general_dilated"})
+_LOOPS = frozenset({"scan", "while", "cond"})
+_CARRIERS = frozenset(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+
+_TRANSFORM_WRAPPER = re.compile(r"[A-Za-z_]\w*\(")
+
+
+def emulate(fn: Callable, policy: PrecisionPolicy | str) -> Callable:
+    """Transforms ``fn`` so that every floating-point operation's result is rounded by ``policy``.
+
+    Args:
+      fn: any JAX-traceable function of arrays/pytrees (e.g. a Flax ``model.apply``).
+      policy: a :class:`PrecisionPolicy`, or a format name for a uniform nearest policy.
+
+    Returns:
+      A function with ``fn``'s signature plus a keyword ``rounding_key`` (a PRNG key, required
+      when the policy uses the ``stochastic`` or ``random`` modes). It can be jitted, vmapped
+      and differentiated: gradients are straight-through the roundings, so
+      ``jax.grad(emulate(f, p))`` rounds the forward pass only, while ``emulate(jax.grad(f), p)``
+      rounds the backward pass too.
+
+    Operations that ``fn`` itself computes in float16/bfloat16 are rounded only to formats that
+    fit those dtypes; a format wider than a float32 computation (fp64) raises a ValueError.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> f = lambda x: jnp.sum(x * 1.001)
+      >>> emulate(f, "bf16")(jnp.ones(256))
+      Array(256., dtype=float32)
+    """
+    if isinstance(policy, str | FloatFormat):
+        policy = PrecisionPolicy.uniform(policy)
+    if not isinstance(policy, PrecisionPolicy):
+        raise ValueError(f"policy must be a PrecisionPolicy or a format name, got {policy!r}")
+    needs_key = any(r.mode in RANDOM_MODES for r in (policy.default, *policy.rules))
+
+    @functools.wraps(fn)
+    def emulated(*args, rounding_key: jax.Array | None = None, **kwargs):
+        if needs_key and rounding_key is None:
+            raise ValueError(
+                "the policy uses stochastic/random rounding: pass rounding_key=<PRNG key>"
+            )
+        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+        dynamic = [_is_array_like(leaf) for leaf in leaves]
+        dynamic_leaves = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d]
+
+        def flat_fn(*dyn):
+            it = iter(dyn)
+            full = [next(it) if d else leaf for leaf, d in zip(leaves, dynamic, strict=True)]
+            a, k = jax.tree_util.tree_unflatten(treedef, full)
+            return fn(*a, **k)
+
+        closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*dynamic_leaves)
+        interpreter = _Interpreter(policy, rounding_key if needs_key else None)
+        outs = interpreter.eval_closed(closed, [(x, None) for x in dynamic_leaves], "")
+        return jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(out_shape), [v for v, _ in outs]
+        )
+
+    return emulated
+
+
+def _is_array_like(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array | np.ndarray | np.generic | float | int | complex)
+
+
+def module_path(eqn) -> str:
+    """The module path of a jaxpr equation: its name stack without transform wrappers, so
+    ``"transpose(jvp(MLP))/Dense_0"`` reads ``"MLP/Dense_0"``."""
+    text = str(eqn.source_info.name_stack)
+    return _TRANSFORM_WRAPPER.sub("", text).replace(")", "")
+
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}/{path}" if prefix and path else prefix or path
+
+
+def _is_float(aval) -> bool:
+    dtype = getattr(aval, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+
+
+Tagged = tuple[Any, FloatFormat | None]  # a value and the format it is known to lie in
+
+
+class _Interpreter:
+    """Evaluates a jaxpr with rounding. ``key`` is None unless the policy draws random bits."""
+
+    def __init__(self, policy: PrecisionPolicy, key: jax.Array | None):
+        self.policy = policy
+        self.key = key
+        self.sites = 0
+
+    def _next_key(self) -> jax.Array:
+        key = jax.random.fold_in(self.key, self.sites)
+        self.sites += 1
+        return key
+
+    def _child(self, key: jax.Array | None) -> _Interpreter:
+        return _Interpreter(self.policy, key)
+
+    # --- rounding ------------------------------------------------------------------------------
+
+    def _applies(self, rule: Rule, dtype, path: str, prim: str) -> bool:
+        fmt = rule.format
+        if fmt is None or np.dtype(dtype) not in _CARRIERS:
+            return False
+        if fmt.fits_in(dtype):
+            return True
+        carrier = carrier_format(dtype)
+        if carrier.is_subset_of(fmt) and np.dtype(dtype).itemsize <= 2:
+            return False  # fn computes in fp16/bf16 itself: nothing wider to emulate
+        raise ValueError(
+            f"policy asks for format {fmt.name!r} at {path or '<top level>'!r} ({prim}), but "
+            f"that operation computes in {np.dtype(dtype)}, which cannot hold it; compute in "
+            f"a wider dtype (float64 needs jax.config.update('jax_enable_x64', True))"
+        )
+
+    def _round(self, value, rule: Rule):
+        bits = None
+        if rule.mode in RANDOM_MODES:
+            bits = random_bits(self._next_key(), value.shape, value.dtype, self.policy.rng)
+        return _round_straight_through(value, bits, rule.format, rule.mode, rule.saturate)
+
+    def _round_operand(self, tagged: Tagged, rule: Rule, path: str, prim: str):
+        value, tag = tagged
+        value = jnp.asarray(value)
+        if not _is_float(value) or not self._applies(rule, value.dtype, path, prim):
+            return value
+        if tag is not None and tag.is_subset_of(rule.format) and not rule.saturate:
+            return value
+        return self._round(value, rule)
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def eval_closed(self, closed, args: Sequence[Tagged], prefix: str) -> list[Tagged]:
+        return self.eval_jaxpr(closed.jaxpr, closed.consts, args, prefix)
+
+    def eval_jaxpr(self, jaxpr, consts, args: Sequence[Tagged], prefix: str) -> list[Tagged]:
+        env: dict[Any, Tagged] = {}
+
+        def read(var) -> Tagged:
+            if isinstance(var, jex_core.Literal):
+                return var.val, None
+            return env[var]
+
+        for var, const in zip(jaxpr.constvars, consts, strict=True):
+            env[var] = (const, None)
+        for var, arg in zip(jaxpr.invars, args, strict=True):
+            env[var] = arg
+        for eqn in jaxpr.eqns:
+            path = _join(prefix, module_path(eqn))
+            outs = self._eval_eqn(eqn, [read(v) for v in eqn.invars], path)
+            for var, out in zip(eqn.outvars, outs, strict=True):
+                if not isinstance(var, jex_core.DropVar):
+                    env[var] = out
+        return [read(v) for v in jaxpr.outvars]
+
+    def _eval_eqn(self, eqn, invals: list[Tagged], path: str) -> list[Tagged]:
+        name = eqn.primitive.name
+        params = eqn.params
+        if name == "scan":
+            return self._scan(eqn, invals, path)
+        if name == "while":
+            return self._while(eqn, invals, path)
+        if name == "cond":
+            return self._cond(eqn, invals, path)
+        sub = params.get("call_jaxpr", params.get("jaxpr"))
+        if sub is not None:  # jit, remat, custom_jvp/vjp calls: inline their primal jaxpr
+            if isinstance(sub, jex_core.ClosedJaxpr):
+                return self.eval_closed(sub, invals, path)
+            if isinstance(sub, jex_core.Jaxpr):
+                return self.eval_jaxpr(sub, [], invals, path)
+        if any(True for _ in jex_core.jaxprs_in_params(params)):
+            raise NotImplementedError(
+                f"emulate does not support the higher-order primitive {name!r} (at "
+                f"{path or '<top level>'!r}); call emulate inside it instead"
+            )
+        values = [v for v, _ in invals]
+        float_in = [_is_float(jnp.asarray(v)) for v in values] if values else []
+        float_out = [_is_float(v.aval) for v in eqn.outvars]
+        multiple = eqn.primitive.multiple_results
+
+        def bind(vals, **overrides):
+            out = eqn.primitive.bind(*vals, **{**params, **overrides})
+            return list(out) if multiple else [out]
+
+        if name in _DATA_MOVEMENT or not (any(float_in) or any(float_out)):
+            tags = {t for (_, t), f in zip(invals, float_in, strict=True) if f}
+            tag = tags.pop() if len(tags) == 1 else None
+            return [(o, tag if f else None) for o, f in zip(bind(values), float_out, strict=True)]
+        if name in _MATMULS:
+            return self._matmul(eqn, invals, path, bind)
+
+        kind = "reduction" if name in _REDUCTIONS else "elementwise"
+        rule = self.policy.resolve(path, kind)
+        if name == "convert_element_type":
+            operands = values  # a conversion rounds its result only
+        else:
+            operands = [self._round_operand(t, rule, path, name) for t in invals]
+        outs = bind(operands)
+        result = []
+        for out, is_float in zip(outs, float_out, strict=True):
+            if not is_float or not self._applies(rule, out.dtype, path, name):
+                result.append((out, None))
+            elif name in _CLOSED_ON_FORMAT:
+                result.append((out, rule.format))
+            else:
+                result.append((self._round(out, rule), rule.format))
+        return result
+
+    def _matmul(self, eqn, invals: list[Tagged], path: str, bind) -> list[Tagged]:
+        name = eqn.primitive.name
+        input_rule = self.policy.resolve(path, "matmul_inputs")
+        acc_rule = self.policy.resolve(path, "matmul_accumulation")
+        lhs, rhs = (self._round_operand(t, input_rule, path, name) for t in invals)
+        out_dtype = eqn.outvars[0].aval.dtype
+        rounds = self._applies(acc_rule, out_dtype, path, name)
+        block = acc_rule.accumulation.block_size if rounds else None
+        highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
+        if name == "dot_general":
+            dims = eqn.params["dimension_numbers"]
+            if block is None:
+                out = lax.dot_general(lhs, rhs, dims, precision=highest,
+                                      preferred_element_type=out_dtype)
+            else:
+                return [(self._dot_blocked(lhs, rhs, dims, out_dtype, block, acc_rule),
+                         acc_rule.format)]
+        else:
+            if block is not None:
+                raise NotImplementedError(
+                    f"accumulation {acc_rule.accumulation} is modelled for dot_general only; give "
+                    f"the convolution at {path or '<top level>'!r} an 'exact' "
+                    f"matmul_accumulation rule"
+                )
+            out = bind([lhs, rhs], precision=highest)[0]
+        if not rounds:
+            return [(out, None)]
+        return [(self._round(out, acc_rule), acc_rule.format)]
+
+    def _dot_blocked(self, lhs, rhs, dims, out_dtype, block: int, rule: Rule):
+        """dot_general whose running sum is rounded after adding each block of products."""
+        (lc, rc), (lb, rb) = dims
+        lfree = [d for d in range(lhs.ndim) if d not in lc and d not in lb]
+        rfree = [d for d in range(rhs.ndim) if d not in rc and d not in rb]
+        k = int(np.prod([lhs.shape[d] for d in lc], dtype=np.int64))
+        nblocks = -(-k // block)
+        pad = nblocks * block - k
+        lhs = jnp.transpose(lhs, (*lb, *lfree, *lc))
+        lhs = lhs.reshape(*lhs.shape[: len(lb) + len(lfree)], k)
+        rhs = jnp.transpose(rhs, (*rb, *rc, *rfree))
+        rhs = rhs.reshape(*rhs.shape[: len(rb)], k, *rhs.shape[len(rb) + len(rc):])
+        nb, nlf = len(lb), len(lfree)
+        lhs = jnp.pad(lhs, [(0, 0)] * (lhs.ndim - 1) + [(0, pad)])
+        rhs = jnp.pad(rhs, [(0, 0)] * nb + [(0, pad)] + [(0, 0)] * (rhs.ndim - nb - 1))
+        lhs = jnp.moveaxis(lhs.reshape(*lhs.shape[:-1], nblocks, block), -2, 0)
+        rhs = rhs.reshape(*rhs.shape[:nb], nblocks, block, *rhs.shape[nb + 1:])
+        rhs = jnp.moveaxis(rhs, nb, 0)
+        block_dims = (((nb + nlf,), (nb,)), (tuple(range(nb)), tuple(range(nb))))
+        out_shape = (*lhs.shape[1: 1 + nb + nlf], *rhs.shape[2 + nb:])
+        key = self._next_key() if rule.mode in RANDOM_MODES else None
+
+        def step(carry, blocks):
+            acc, step_key = carry
+            child = self
+            if step_key is not None:
+                step_key, sub = jax.random.split(step_key)
+                child = self._child(sub)
+            partial = lax.dot_general(*blocks, block_dims, precision=lax.Precision.HIGHEST,
+                                      preferred_element_type=out_dtype)
+            return (child._round(acc + partial, rule), step_key), None
+
+        init = (jnp.zeros(out_shape, out_dtype), key)
+        (acc, _), _ = lax.scan(step, init, (lhs, rhs))
+        return acc
+
+    # --- control flow --------------------------------------------------------------------------
+
+    def _loop_key(self) -> jax.Array | None:
+        return self._next_key() if self.key is not None else None
+
+    def _scan(self, eqn, invals: list[Tagged], path: str) -> list[Tagged]:
+        p = eqn.params
+        nconsts, ncarry = p["num_consts"], p["num_carry"]
+        consts = invals[:nconsts]
+        init = [v for v, _ in invals[nconsts: nconsts + ncarry]]
+        xs = [v for v, _ in invals[nconsts + ncarry:]]
+        body = p["jaxpr"]
+
+        def step(carry, x):
+            key, c = carry
+            child, key = self._iteration(key)
+            outs = child.eval_closed(body, [*consts, *((v, None) for v in c),
+                                            *((v, None) for v in x)], path)
+            values = [v for v, _ in outs]
+            return (key, values[:ncarry]), values[ncarry:]
+
+        (_, carry), ys = lax.scan(step, (self._loop_key(), init), xs, length=p["length"],
+                                  reverse=p["reverse"], unroll=p["unroll"])
+        return [(v, None) for v in (*carry, *ys)]
+
+    def _iteration(self, key):
+        if key is None:
+            return self._child(None), None
+        key, sub = jax.random.split(key)
+        return self._child(sub), key
+
+    def _while(self, eqn, invals: list[Tagged], path: str) -> list[Tagged]:
+        p = eqn.params
+        cn, bn = p["cond_nconsts"], p["body_nconsts"]
+        cond_consts, body_consts = invals[:cn], invals[cn: cn + bn]
+        init = [v for v, _ in invals[cn + bn:]]
+
+        def cond_fun(carry):
+            key, c = carry
+            child = self._child(None if key is None else jax.random.fold_in(key, 1))
+            outs = child.eval_closed(p["cond_jaxpr"], [*cond_consts, *((v, None) for v in c)],
+                                     path)
+            return outs[0][0]
+
+        def body_fun(carry):
+            key, c = carry
+            child, key = self._iteration(key)
+            outs = child.eval_closed(p["body_jaxpr"], [*body_consts, *((v, None) for v in c)],
+                                     path)
+            return key, [v for v, _ in outs]
+
+        _, out = lax.while_loop(cond_fun, body_fun, (self._loop_key(), init))
+        return [(v, None) for v in out]
+
+    def _cond(self, eqn, invals: list[Tagged], path: str) -> list[Tagged]:
+        index, *operands = (v for v, _ in invals)
+        tags = [t for _, t in invals[1:]]
+
+        def branch_fn(branch):
+            def run(key, *ops):
+                child = self._child(key)
+                outs = child.eval_closed(branch, list(zip(ops, tags, strict=True)), path)
+                return [v for v, _ in outs]
+
+            return run
+
+        branches = [branch_fn(b) for b in eqn.params["branches"]]
+        out = lax.switch(index, branches, self._loop_key(), *operands)
+        return [(v, None) for v in out]
