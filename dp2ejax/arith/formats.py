@@ -58,6 +58,7 @@ class FloatFormat:
             value = getattr(self, field)
             if not isinstance(value, int | np.integer) or isinstance(value, bool):
                 raise ValueError(f"FloatFormat {field} must be an int, got {value!r}")
+            object.__setattr__(self, field, int(value))  # NumPy ints: math.ldexp rejects them
         if not 1 <= self.exponent_bits <= 11:
             raise ValueError(
                 f"FloatFormat exponent_bits must be in 1..11 (the float64 carrier's width), "

@@ -106,7 +106,7 @@ def _fast_nearest_applies(carrier: FloatFormat, fmt: FloatFormat) -> bool:
     reachable by an exact power-of-two scaling in the carrier, and lie above the carrier's
     subnormal range (so that flushing carrier subnormals would not change a result)."""
     if fmt.min_exponent == carrier.min_exponent:
-        return True
+        return fmt.has_subnormals
     inverse_quantum = fmt.mantissa_bits - fmt.min_exponent
     return (fmt.min_exponent - fmt.mantissa_bits - 1 > carrier.min_exponent
             and inverse_quantum <= carrier.max_exponent)
@@ -156,15 +156,23 @@ def round_bits(
     field_eff = jnp.maximum(field, u(1))
     sig = (magnitude & u((1 << mc) - 1)) | jnp.where(field > 0, u(1 << mc), u(0))
 
-    # Number of low significand bits to drop: mc - m in the target's normal range, more below
-    # it, where the target's quantum stays 2**log2_tiny (its smallest subnormal, or its smallest
-    # normal if it has no subnormals). Beyond nbits - 1 all bits are dropped anyway.
-    log2_tiny = fmt.min_exponent - (m if fmt.has_subnormals else 0)
-    exponent = field_eff.astype(sint) - sint(carrier.exponent_bias)
-    below = jnp.asarray(mc + log2_tiny, sint) - exponent
-    shift_true = jnp.where(exponent >= fmt.min_exponent, sint(mc - m), below)
+    # Number of low significand bits to drop: the target's quantum at |x| over the carrier's
+    # (2**unit, with |x| = sig * 2**unit). The quantum is 2**(e - m) for |x| in the target's
+    # binade e >= emin, 2**(emin - m) below it (subnormals), or 2**emin (no subnormals: only 0
+    # and the smallest normal are left). Carrier subnormals take their true exponent from the
+    # bit length of sig. Beyond nbits - 1 dropped bits, all of sig is dropped anyway.
+    emin = fmt.min_exponent
+    unit = field_eff.astype(sint) - sint(carrier.exponent_bias + mc)
+    bit_length = sint(nbits) - lax.clz(sig).astype(sint)
+    exponent = jnp.where(field > 0, unit + sint(mc), unit + bit_length - sint(1))
+    if fmt.has_subnormals:
+        quantum = jnp.maximum(exponent, sint(emin)) - sint(m)
+        tiny = exponent < sint(emin - m)  # |x| < the smallest subnormal
+    else:
+        tiny = exponent < sint(emin)  # |x| < the smallest normal
+        quantum = jnp.where(tiny, sint(emin), exponent - sint(m))
+    shift_true = quantum - unit
     shift = jnp.minimum(shift_true, sint(nbits - 1)).astype(uint)
-    tiny = shift_true > mc  # |x| < the target's smallest positive value
 
     one = u(1)
     low_mask = (one << shift) - one
