@@ -36,9 +36,13 @@ _DATA_MOVEMENT = frozenset({
     "reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice",
     "dynamic_slice", "dynamic_update_slice", "gather", "concatenate", "pad", "rev", "select_n",
     "copy", "copy_p", "device_put", "sharding_constraint", "sort", "split", "stop_gradient",
-    "optimization_barrier", "mesh_cast", "pvary", "reduce_precision", "iota", "squeeze",
+    "optimization_barrier", "mesh_cast", "pvary", "reduce_precision", "iota",
     "real", "imag", "conj", "complex", "scatter",
 })
+# Scatters carry an update_jaxpr describing how they combine values; they are ordinary
+# operations here, the combining ones (scatter-add, -mul, -min, -max) accumulate like reductions.
+_SCATTERS = frozenset({"scatter", "scatter-add", "scatter_add", "scatter-mul", "scatter_mul",
+                       "scatter-min", "scatter_min", "scatter-max", "scatter_max"})
 # Operations whose result is representable in any format that holds their operands.
 _CLOSED_ON_FORMAT = frozenset({
     "neg", "abs", "max", "min", "reduce_max", "reduce_min", "cummax", "cummin", "clamp",
@@ -47,6 +51,7 @@ _CLOSED_ON_FORMAT = frozenset({
 _REDUCTIONS = frozenset({
     "reduce_sum", "reduce_prod", "reduce_max", "reduce_min", "cumsum", "cumprod", "cummax",
     "cummin", "cumlogsumexp", "argmax", "argmin", "reduce_and", "reduce_or",
+    *(_SCATTERS - {"scatter"}),
 })
 _MATMULS = frozenset({"dot_general", "conv_general_dilated"})
 _LOOPS = frozenset({"scan", "while", "cond"})
@@ -111,6 +116,9 @@ def emulate(fn: Callable, policy: PrecisionPolicy | str) -> Callable:
 
 
 def _is_array_like(leaf: Any) -> bool:
+    # Python bools are flags (Flax's ``train=True``, ``capture_intermediates=True``): static.
+    if isinstance(leaf, bool):
+        return False
     return isinstance(leaf, jax.Array | np.ndarray | np.generic | float | int | complex)
 
 
@@ -221,7 +229,7 @@ class _Interpreter:
                 return self.eval_closed(sub, invals, path)
             if isinstance(sub, jex_core.Jaxpr):
                 return self.eval_jaxpr(sub, [], invals, path)
-        if any(True for _ in jex_core.jaxprs_in_params(params)):
+        if name not in _SCATTERS and any(True for _ in jex_core.jaxprs_in_params(params)):
             raise NotImplementedError(
                 f"emulate does not support the higher-order primitive {name!r} (at "
                 f"{path or '<top level>'!r}); call emulate inside it instead"

@@ -66,7 +66,7 @@ class Accumulation:
 
     @classmethod
     def parse(cls, spec: str | int | Accumulation | None) -> Accumulation:
-        """From ``"exact"``, ``"sequential"``, ``"blocked(k)"`` (or ``"blocked:k"``), or an int k."""
+        """From ``"exact"``, ``"sequential"``, ``"blocked(k)"``, ``"blocked:k"`` or an int k."""
         if isinstance(spec, Accumulation):
             return spec
         if spec is None or spec == "exact":
@@ -76,9 +76,9 @@ class Accumulation:
         if isinstance(spec, int) and not isinstance(spec, bool):
             return cls(spec)
         if isinstance(spec, str):
-            match = re.fullmatch(r"blocked[(:](\d+)\)?", spec.strip())
+            match = re.fullmatch(r"blocked(?:\((\d+)\)|:(\d+))", spec.strip())
             if match:
-                return cls(int(match.group(1)))
+                return cls(int(match.group(1) or match.group(2)))
         raise ValueError(
             f"unknown accumulation {spec!r}; expected 'exact', 'sequential' or 'blocked(k)' "
             f"with k a positive int"

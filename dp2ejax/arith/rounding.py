@@ -224,7 +224,8 @@ def _nearest_magnitude(x, magnitude, carrier: FloatFormat, fmt: FloatFormat, uin
     u = functools.partial(np.array, dtype=uint)
     if shift > 0:
         odd = (magnitude >> u(shift)) & u(1)
-        normal = (magnitude + u((1 << (shift - 1)) - 1) + odd) & u(~((1 << shift) - 1) & _ones(uint))
+        keep_mask = u(~((1 << shift) - 1) & _ones(uint))
+        normal = (magnitude + u((1 << (shift - 1)) - 1) + odd) & keep_mask
     else:
         normal = magnitude
     if fmt.min_exponent == carrier.min_exponent:

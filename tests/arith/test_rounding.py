@@ -926,7 +926,7 @@ def test_property_every_mode_gives_a_neighbour(data):
             assert np.all(np.abs(r64 - x.astype(np.float64)) <= up - down), mode
 
 
-# --- carrier subnormals below the format's normal range -----------------------------------------------------------------------------
+# --- carrier subnormals below the format's normal range ---------------------------
 
 
 @pytest.mark.parametrize("mode", DETERMINISTIC_MODES)
