@@ -27,6 +27,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 
+from dp2ejax.arith.carrier_random import random_round_at_carrier
 from dp2ejax.arith.formats import FloatFormat, carrier_format
 from dp2ejax.arith.policy import PrecisionPolicy, Rule
 from dp2ejax.arith.random_bits import random_bits
@@ -95,24 +96,33 @@ def emulate(fn: Callable, policy: PrecisionPolicy | str) -> Callable:
             raise ValueError(
                 "the policy uses stochastic/random rounding: pass rounding_key=<PRNG key>"
             )
-        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
-        dynamic = [_is_array_like(leaf) for leaf in leaves]
-        dynamic_leaves = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d]
-
-        def flat_fn(*dyn):
-            it = iter(dyn)
-            full = [next(it) if d else leaf for leaf, d in zip(leaves, dynamic, strict=True)]
-            a, k = jax.tree_util.tree_unflatten(treedef, full)
-            return fn(*a, **k)
-
-        closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*dynamic_leaves)
-        interpreter = _Interpreter(policy, rounding_key if needs_key else None)
-        outs = interpreter.eval_closed(closed, [(x, None) for x in dynamic_leaves], "")
-        return jax.tree_util.tree_unflatten(
-            jax.tree_util.tree_structure(out_shape), [v for v, _ in outs]
-        )
+        return run_emulated(fn, policy, args, kwargs, rounding_key if needs_key else None)
 
     return emulated
+
+
+def run_emulated(fn: Callable, policy: PrecisionPolicy, args, kwargs, key, observer=None):
+    """Traces ``fn(*args, **kwargs)`` and evaluates it under ``policy``; the engine of
+    :func:`emulate`. ``observer`` (used by :mod:`dp2ejax.cestac`) sees every arithmetic
+    operation: ``observer.record(eqn, path, operands, outputs)``, ``observer.child()`` for a
+    loop body, ``observer.counts`` (a dict of site -> scalar count) and ``observer.add(counts)``.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    dynamic = [_is_array_like(leaf) for leaf in leaves]
+    dynamic_leaves = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d]
+
+    def flat_fn(*dyn):
+        it = iter(dyn)
+        full = [next(it) if d else leaf for leaf, d in zip(leaves, dynamic, strict=True)]
+        a, k = jax.tree_util.tree_unflatten(treedef, full)
+        return fn(*a, **k)
+
+    closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*dynamic_leaves)
+    interpreter = _Interpreter(policy, key, observer)
+    outs = interpreter.eval_closed(closed, [(x, None) for x in dynamic_leaves], "")
+    return jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(out_shape), [v for v, _ in outs]
+    )
 
 
 def _is_array_like(leaf: Any) -> bool:
@@ -144,9 +154,10 @@ Tagged = tuple[Any, FloatFormat | None]  # a value and the format it is known to
 class _Interpreter:
     """Evaluates a jaxpr with rounding. ``key`` is None unless the policy draws random bits."""
 
-    def __init__(self, policy: PrecisionPolicy, key: jax.Array | None):
+    def __init__(self, policy: PrecisionPolicy, key: jax.Array | None, observer=None):
         self.policy = policy
         self.key = key
+        self.observer = observer
         self.sites = 0
 
     def _next_key(self) -> jax.Array:
@@ -154,8 +165,8 @@ class _Interpreter:
         self.sites += 1
         return key
 
-    def _child(self, key: jax.Array | None) -> _Interpreter:
-        return _Interpreter(self.policy, key)
+    def _child(self, key: jax.Array | None, observer=None) -> _Interpreter:
+        return _Interpreter(self.policy, key, observer)
 
     # --- rounding ------------------------------------------------------------------------------
 
@@ -174,6 +185,24 @@ class _Interpreter:
             f"a wider dtype (float64 needs jax.config.update('jax_enable_x64', True))"
         )
 
+    def _round_result(self, name: str, operands, out, rule: Rule):
+        """Rounds the result ``out`` of ``name(*operands)``; at the carrier's own precision the
+        random mode needs the operation itself (see :mod:`dp2ejax.arith.carrier_random`)."""
+        if not carrier_format(out.dtype).is_subset_of(rule.format):
+            return self._round(out, rule)
+        if rule.mode == "random":
+            bits = random_bits(self._next_key(), out.shape, out.dtype, self.policy.rng)
+            return random_round_at_carrier(name, operands, out, bits)
+        if rule.mode == "nearest":
+            # The identity on values, but it keeps XLA from fusing this result into a later
+            # multiply-add (one rounding instead of two), as it would fuse a bare product.
+            return self._round(out, rule)
+        raise ValueError(
+            f"rounding mode {rule.mode!r} in format {rule.format.name!r} needs a carrier wider "
+            f"than {out.dtype} (the operation's result is already rounded to nearest): compute "
+            f"in float64 (jax.config.update('jax_enable_x64', True))"
+        )
+
     def _round(self, value, rule: Rule):
         bits = None
         if rule.mode in RANDOM_MODES:
@@ -187,6 +216,8 @@ class _Interpreter:
             return value
         if tag is not None and tag.is_subset_of(rule.format) and not rule.saturate:
             return value
+        if carrier_format(value.dtype).is_subset_of(rule.format):
+            return value  # every carrier value is representable: converting it is exact
         return self._round(value, rule)
 
     # --- evaluation ----------------------------------------------------------------------------
@@ -264,7 +295,9 @@ class _Interpreter:
             elif name in _CLOSED_ON_FORMAT:
                 result.append((out, rule.format))
             else:
-                result.append((self._round(out, rule), rule.format))
+                result.append((self._round_result(name, operands, out, rule), rule.format))
+        if self.observer is not None:
+            self.observer.record(eqn, path, operands, [v for v, _ in result])
         return result
 
     def _matmul(self, eqn, invals: list[Tagged], path: str, bind) -> list[Tagged]:
@@ -282,8 +315,10 @@ class _Interpreter:
                 out = lax.dot_general(lhs, rhs, dims, precision=highest,
                                       preferred_element_type=out_dtype)
             else:
-                return [(self._dot_blocked(lhs, rhs, dims, out_dtype, block, acc_rule),
-                         acc_rule.format)]
+                out = self._dot_blocked(lhs, rhs, dims, out_dtype, block, acc_rule)
+                if self.observer is not None:
+                    self.observer.record(eqn, path, [lhs, rhs], [out])
+                return [(out, acc_rule.format)]
         else:
             if block is not None:
                 raise NotImplementedError(
@@ -292,9 +327,10 @@ class _Interpreter:
                     f"matmul_accumulation rule"
                 )
             out = bind([lhs, rhs], precision=highest)[0]
-        if not rounds:
-            return [(out, None)]
-        return [(self._round(out, acc_rule), acc_rule.format)]
+        result = self._round_result(name, [lhs, rhs], out, acc_rule) if rounds else out
+        if self.observer is not None:
+            self.observer.record(eqn, path, [lhs, rhs], [result])
+        return [(result, acc_rule.format if rounds else None)]
 
     def _dot_blocked(self, lhs, rhs, dims, out_dtype, block: int, rule: Rule):
         """dot_general whose running sum is rounded after adding each block of products."""
@@ -326,7 +362,8 @@ class _Interpreter:
                 child = self._child(sub)
             partial = lax.dot_general(*blocks, block_dims, precision=lax.Precision.HIGHEST,
                                       preferred_element_type=out_dtype)
-            return (child._round(acc + partial, rule), step_key), None
+            total = acc + partial
+            return (child._round_result("add", [acc, partial], total, rule), step_key), None
 
         init = (jnp.zeros(out_shape, out_dtype), key)
         (acc, _), _ = lax.scan(step, init, (lhs, rhs))
@@ -337,67 +374,135 @@ class _Interpreter:
     def _loop_key(self) -> jax.Array | None:
         return self._next_key() if self.key is not None else None
 
+    def _probe(self, fn, *args) -> list[str]:
+        """The observer sites that tracing ``fn(observer, *args)`` records (abstractly)."""
+        probe = self.observer.child()
+        abstract = jax.tree_util.tree_map(
+            lambda v: jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v)), args)
+        jax.eval_shape(functools.partial(fn, probe), *abstract)
+        return sorted(probe.counts)
+
     def _scan(self, eqn, invals: list[Tagged], path: str) -> list[Tagged]:
         p = eqn.params
         nconsts, ncarry = p["num_consts"], p["num_carry"]
         consts = invals[:nconsts]
         init = [v for v, _ in invals[nconsts: nconsts + ncarry]]
         xs = [v for v, _ in invals[nconsts + ncarry:]]
-        body = p["jaxpr"]
+        body_jaxpr = p["jaxpr"]
+        key0 = self._loop_key()
 
-        def step(carry, x):
-            key, c = carry
-            child, key = self._iteration(key)
-            outs = child.eval_closed(body, [*consts, *((v, None) for v in c),
-                                            *((v, None) for v in x)], path)
+        def body(observer, key, c, x):
+            child, key = self._iteration(key, observer)
+            outs = child.eval_closed(body_jaxpr, [*consts, *((v, None) for v in c),
+                                                 *((v, None) for v in x)], path)
             values = [v for v, _ in outs]
-            return (key, values[:ncarry]), values[ncarry:]
+            return key, values[:ncarry], values[ncarry:]
 
-        (_, carry), ys = lax.scan(step, (self._loop_key(), init), xs, length=p["length"],
-                                  reverse=p["reverse"], unroll=p["unroll"])
+        scan = functools.partial(lax.scan, length=p["length"], reverse=p["reverse"],
+                                 unroll=p["unroll"])
+        if self.observer is None:
+            def step(carry, x):
+                key, c, y = body(None, *carry, x)
+                return (key, c), y
+
+            (_, carry), ys = scan(step, (key0, init), xs)
+            return [(v, None) for v in (*carry, *ys)]
+
+        x_slices = [jax.ShapeDtypeStruct(np.shape(v)[1:], jnp.result_type(v)) for v in xs]
+        sites = self._probe(lambda obs, c, x: body(obs, key0, c, x), init, x_slices)
+
+        def counted_step(carry, x):
+            key, c, counts = carry
+            observer = self.observer.child()
+            key, c, y = body(observer, key, c, x)
+            return (key, c, _add_counts(counts, observer.counts)), y
+
+        (_, carry, counts), ys = scan(counted_step, (key0, init, _zero_counts(sites)), xs)
+        self.observer.add(counts)
         return [(v, None) for v in (*carry, *ys)]
 
-    def _iteration(self, key):
+    def _iteration(self, key, observer=None):
         if key is None:
-            return self._child(None), None
+            return self._child(None, observer), None
         key, sub = jax.random.split(key)
-        return self._child(sub), key
+        return self._child(sub, observer), key
 
     def _while(self, eqn, invals: list[Tagged], path: str) -> list[Tagged]:
         p = eqn.params
         cn, bn = p["cond_nconsts"], p["body_nconsts"]
         cond_consts, body_consts = invals[:cn], invals[cn: cn + bn]
         init = [v for v, _ in invals[cn + bn:]]
+        key0 = self._loop_key()
 
-        def cond_fun(carry):
-            key, c = carry
-            child = self._child(None if key is None else jax.random.fold_in(key, 1))
+        def predicate(observer, key, c):
+            child = self._child(None if key is None else jax.random.fold_in(key, 1), observer)
             outs = child.eval_closed(p["cond_jaxpr"], [*cond_consts, *((v, None) for v in c)],
                                      path)
             return outs[0][0]
 
-        def body_fun(carry):
-            key, c = carry
-            child, key = self._iteration(key)
+        def body(observer, key, c):
+            if observer is not None:  # count the comparisons of the test that let us in
+                predicate(observer, key, c)
+            child, key = self._iteration(key, observer)
             outs = child.eval_closed(p["body_jaxpr"], [*body_consts, *((v, None) for v in c)],
                                      path)
             return key, [v for v, _ in outs]
 
-        _, out = lax.while_loop(cond_fun, body_fun, (self._loop_key(), init))
+        if self.observer is None:
+            _, out = lax.while_loop(lambda carry: predicate(None, *carry),
+                                    lambda carry: body(None, *carry), (key0, init))
+            return [(v, None) for v in out]
+
+        sites = self._probe(lambda obs, c: body(obs, key0, c), init)
+
+        def counted_body(carry):
+            key, c, counts = carry
+            observer = self.observer.child()
+            key, c = body(observer, key, c)
+            return key, c, _add_counts(counts, observer.counts)
+
+        key, out, counts = lax.while_loop(lambda carry: predicate(None, *carry[:2]),
+                                          counted_body, (key0, init, _zero_counts(sites)))
+        self.observer.add(counts)
+        predicate(self.observer, key, out)  # the final test, which ended the loop
         return [(v, None) for v in out]
 
     def _cond(self, eqn, invals: list[Tagged], path: str) -> list[Tagged]:
         index, *operands = (v for v, _ in invals)
         tags = [t for _, t in invals[1:]]
+        key0 = self._loop_key()
 
-        def branch_fn(branch):
-            def run(key, *ops):
-                child = self._child(key)
-                outs = child.eval_closed(branch, list(zip(ops, tags, strict=True)), path)
-                return [v for v, _ in outs]
+        def run(branch, observer, key, *ops):
+            child = self._child(key, observer)
+            outs = child.eval_closed(branch, list(zip(ops, tags, strict=True)), path)
+            return [v for v, _ in outs]
 
-            return run
+        branches = eqn.params["branches"]
+        if self.observer is None:
+            fns = [functools.partial(run, b, None) for b in branches]
+            return [(v, None) for v in lax.switch(index, fns, key0, *operands)]
 
-        branches = [branch_fn(b) for b in eqn.params["branches"]]
-        out = lax.switch(index, branches, self._loop_key(), *operands)
+        sites = sorted({s for b in branches
+                        for s in self._probe(lambda obs, *ops, b=b: run(b, obs, key0, *ops),
+                                             *operands)})
+
+        def counted(branch, key, *ops):
+            observer = self.observer.child()
+            out = run(branch, observer, key, *ops)
+            return out, _add_counts(_zero_counts(sites), observer.counts)
+
+        out, counts = lax.switch(index, [functools.partial(counted, b) for b in branches],
+                                 key0, *operands)
+        self.observer.add(counts)
         return [(v, None) for v in out]
+
+
+def _zero_counts(sites: Sequence[str]) -> dict[str, jax.Array]:
+    return {site: jnp.zeros((), jnp.int32) for site in sites}
+
+
+def _add_counts(counts: dict[str, jax.Array], new: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    unknown = set(new) - set(counts)
+    if unknown:
+        raise AssertionError(f"observer sites appeared after probing: {sorted(unknown)}")
+    return {site: total + new[site] if site in new else total for site, total in counts.items()}
