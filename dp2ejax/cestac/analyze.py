@@ -1,0 +1,246 @@
+"""``analyze``: CESTAC significant digits and instabilities of any JAX function.
+
+The function runs ``samples`` times under :func:`dp2ejax.emulate` with every floating-point
+operation randomly rounded (the CESTAC ``random`` mode) in the chosen format. The samples are the
+lanes of one ``vmap`` inside one ``jit``: a single compiled program. Their spread gives the exact
+significant digits of every output element; an observer counts instabilities as it goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dp2ejax.arith.emulate import run_emulated
+from dp2ejax.arith.formats import FloatFormat, get_format
+from dp2ejax.arith.policy import PrecisionPolicy, Rule
+from dp2ejax.cestac.digits import computational_zero, precision_digits, significant_digits
+from dp2ejax.cestac.instabilities import (
+    INSTABILITY_KINDS,
+    Instability,
+    InstabilityObserver,
+    parse_site,
+)
+
+SAMPLE_AXIS = "cestac_samples"
+
+
+@dataclasses.dataclass(frozen=True)
+class CestacResult:
+    """What a CESTAC analysis found. Array fields are pytrees shaped like ``fn``'s output.
+
+    Attributes:
+      mean: mean over the samples (the CESTAC result).
+      std: sample standard deviation.
+      digits: exact significant decimal digits of ``mean`` (float, in [0, max_digits]).
+      computational_zero: True where no digit is exact or every sample is zero.
+      samples: the raw samples, with the sample axis first.
+      instabilities: the sites where instabilities occurred, with counts, most frequent first.
+      format: the emulated format's name; ``max_digits`` its precision in decimal digits.
+    """
+
+    mean: Any
+    std: Any
+    digits: Any
+    computational_zero: Any
+    samples: Any
+    instabilities: tuple[Instability, ...] = ()
+    format: str = "fp64"
+    max_digits: float = 15.95
+    n_samples: int = 3
+
+    def instability_totals(self) -> dict[str, int]:
+        """Total count per instability kind (every kind present, zeros included)."""
+        totals = dict.fromkeys(INSTABILITY_KINDS, 0)
+        for inst in self.instabilities:
+            totals[inst.kind] += inst.count
+        return totals
+
+    def min_digits(self) -> float:
+        """The fewest exact digits over every output element."""
+        leaves = jax.tree_util.tree_leaves(self.digits)
+        return float(min(jnp.min(d) for d in leaves)) if leaves else self.max_digits
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary: per-output digit statistics and the instability sites."""
+        outputs = []
+        paths = jax.tree_util.tree_flatten_with_path(self.digits)[0]
+        zeros = jax.tree_util.tree_leaves(self.computational_zero)
+        means = jax.tree_util.tree_leaves(self.mean)
+        for (path, digits), zero, mean in zip(paths, zeros, means, strict=True):
+            d = np.asarray(digits, np.float64)
+            outputs.append({
+                "output": jax.tree_util.keystr(path) or "<output>",
+                "shape": list(d.shape),
+                "digits_min": float(d.min()) if d.size else None,
+                "digits_median": float(np.median(d)) if d.size else None,
+                "digits_max": float(d.max()) if d.size else None,
+                "computational_zeros": int(np.sum(np.asarray(zero))),
+                "mean_first": float(np.ravel(np.asarray(mean))[0]) if d.size else None,
+            })
+        return {
+            "format": self.format,
+            "samples": self.n_samples,
+            "max_digits": self.max_digits,
+            "outputs": outputs,
+            "instability_totals": self.instability_totals(),
+            "instabilities": [i.to_dict() for i in self.instabilities],
+        }
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def summary(self) -> str:
+        """A CADNA-style end-of-run report."""
+        data = self.to_dict()
+        lines = [
+            "-" * 72,
+            f"dp2ejax CESTAC analysis: {self.n_samples} samples, random rounding in "
+            f"{self.format} (at most {self.max_digits:.2f} digits)",
+            "-" * 72,
+        ]
+        for out in data["outputs"]:
+            if out["digits_min"] is None:
+                continue
+            lines.append(
+                f"{out['output']:<24} shape {tuple(out['shape'])}: exact digits min "
+                f"{out['digits_min']:.1f}, median {out['digits_median']:.1f}, max "
+                f"{out['digits_max']:.1f}; computational zeros {out['computational_zeros']}"
+            )
+        totals = data["instability_totals"]
+        found = sum(totals.values())
+        lines.append(f"There are {found} numerical instabilities")
+        for kind in INSTABILITY_KINDS:
+            lines.append(f"  {totals[kind]:>8} unstable {kind.replace('_', ' ')}")
+        for inst in self.instabilities:
+            lines.append(f"  {inst.count:>8} x {inst.kind:<14} {inst.primitive:<10} "
+                         f"at {inst.path or '<top level>'}  {inst.source}")
+        lines.append("-" * 72)
+        return "\n".join(lines)
+
+
+def _carrier_dtype(fmt: FloatFormat):
+    x64 = jax.config.jax_enable_x64
+    if fmt.fits_in(np.float32) and (not x64 or fmt.precision < 24):
+        return jnp.float32 if not x64 else jnp.float64
+    if not x64:
+        raise ValueError(
+            f"CESTAC in {fmt.name!r} must run in float64, which JAX has disabled: call "
+            f"jax.config.update('jax_enable_x64', True) (or set JAX_ENABLE_X64=1) before "
+            f"creating arrays"
+        )
+    return jnp.float64
+
+
+def analyze(
+    fn: Callable,
+    *args,
+    fmt: str | FloatFormat = "fp64",
+    samples: int = 3,
+    key: jax.Array | None = None,
+    policy: PrecisionPolicy | None = None,
+    cancellation_digits: float = 4.0,
+    sample_sharding: jax.sharding.Sharding | None = None,
+    **kwargs,
+) -> CestacResult:
+    """CESTAC analysis of ``fn(*args, **kwargs)``: exact significant digits and instabilities.
+
+    Args:
+      fn: a JAX function (e.g. a Flax ``apply``) returning a pytree of float arrays.
+      *args, **kwargs: its arguments. Float leaves are cast to the carrier: float64 (needs
+        ``jax_enable_x64``) unless the format is narrower than float32 and x64 is off.
+      fmt: the emulated format (``"fp64"``, ``"fp32"``, ``"bf16"``, …).
+      samples: number of random-rounding runs N (>= 2; CADNA uses 3).
+      key: PRNG key of the random roundings (default ``jax.random.key(0)``).
+      policy: instead of ``fmt``, a full policy; its modes are switched to ``random``.
+      cancellation_digits: a sum losing at least this many digits counts as a cancellation.
+      sample_sharding: a sharding of the sample axis (e.g. ``NamedSharding(mesh, P("s"))``
+        over a 1-D mesh): the samples then run on several devices.
+
+    Returns:
+      A :class:`CestacResult`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> r = analyze(lambda x: (x + 1e-8) - x, jnp.float64(1.0))   # cancellation
+      >>> 6 < float(r.digits) < 10 and r.instability_totals()["cancellation"] == 1
+      True
+    """
+    if not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"samples must be an int >= 2, got {samples!r}")
+    fmt = get_format(fmt)
+    policy = _random_policy(policy, fmt)
+    formats = policy.formats()
+    narrowest = min(formats, key=lambda f: f.precision) if formats else fmt
+    widest = max(formats, key=lambda f: f.precision) if formats else fmt
+    carrier = _carrier_dtype(widest)
+    max_digits = precision_digits(narrowest.precision)
+    key = jax.random.key(0) if key is None else key
+    args, kwargs = _to_carrier((args, kwargs), carrier)
+    keys = jax.random.split(key, samples)
+    if sample_sharding is not None:
+        keys = jax.device_put(keys, sample_sharding)
+
+    def one_sample(sample_key):
+        observer = InstabilityObserver(SAMPLE_AXIS, samples, cancellation_digits, max_digits)
+        out = run_emulated(fn, policy, args, kwargs, sample_key, observer)
+        return out, observer.counts
+
+    outs, counts = jax.jit(jax.vmap(one_sample, axis_name=SAMPLE_AXIS))(keys)
+    _check_float_outputs(outs)
+    digits = jax.tree_util.tree_map(
+        lambda s: significant_digits(s, 0, max_digits=max_digits), outs)
+    zero = jax.tree_util.tree_map(lambda s, d: computational_zero(s, 0, d), outs, digits)
+    instabilities = sorted(
+        (parse_site(site, int(np.asarray(c)[0])) for site, c in counts.items()),
+        key=lambda i: (-i.count, i.kind, i.path, i.source))
+    return CestacResult(
+        mean=jax.tree_util.tree_map(lambda s: jnp.mean(s, 0), outs),
+        std=jax.tree_util.tree_map(lambda s: jnp.std(s, 0, ddof=1), outs),
+        digits=digits,
+        computational_zero=zero,
+        samples=outs,
+        instabilities=tuple(i for i in instabilities if i.count > 0),
+        format=narrowest.name,
+        max_digits=max_digits,
+        n_samples=samples,
+    )
+
+
+def _random_policy(policy: PrecisionPolicy | None, fmt: FloatFormat) -> PrecisionPolicy:
+    if policy is None:
+        return PrecisionPolicy.uniform(fmt, "random")
+    if not isinstance(policy, PrecisionPolicy):
+        raise ValueError(f"policy must be a PrecisionPolicy, got {type(policy).__name__}")
+
+    def randomised(rule: Rule) -> Rule:
+        return rule if rule.format is None else dataclasses.replace(rule, mode="random")
+
+    return dataclasses.replace(policy, default=randomised(policy.default),
+                               rules=tuple(randomised(r) for r in policy.rules))
+
+
+def _to_carrier(tree, carrier):
+    def cast(leaf):
+        if isinstance(leaf, jax.Array | np.ndarray | float | np.floating) and not isinstance(
+                leaf, bool) and jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            return jnp.asarray(leaf, carrier)
+        return leaf
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def _check_float_outputs(outs) -> None:
+    for leaf in jax.tree_util.tree_leaves(outs):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise ValueError(
+                f"fn must return floating-point arrays to analyze, got an output of dtype "
+                f"{leaf.dtype}"
+            )
