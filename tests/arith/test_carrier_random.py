@@ -16,6 +16,7 @@ from dp2ejax import PrecisionPolicy, emulate
 from dp2ejax.arith.carrier_random import exact_side, random_round_at_carrier
 from dp2ejax.arith.random_bits import random_bits
 
+
 def _q(x) -> Fraction:
     return Fraction(float(x))  # exact: every float32/float64 is a float
 
@@ -48,7 +49,7 @@ def test_exact_side_matches_rational_arithmetic(name, dtype):
     a, b = _operands(dtype)
     out = numpy_op(a, b)
     side = np.asarray(jax.jit(lambda x, y, o: exact_side(name, [x, y], o))(a, b, out))
-    expected = np.array([np.sign(exact(x, y) - _q(o)) for x, y, o in zip(a, b, out)])
+    expected = np.array([np.sign(exact(x, y) - _q(o)) for x, y, o in zip(a, b, out, strict=False)])
     np.testing.assert_array_equal(side, expected)
     assert (expected == 0).any() and (expected != 0).any()
 
@@ -59,7 +60,7 @@ def test_exact_side_of_sqrt(dtype):
     a[:20] = np.arange(20, dtype=dtype) ** 2  # perfect squares
     out = np.sqrt(a)
     side = np.asarray(jax.jit(lambda x, o: exact_side("sqrt", [x], o))(a, out))
-    expected = np.array([np.sign(_q(x) - _q(o) ** 2) for x, o in zip(a, out)])
+    expected = np.array([np.sign(_q(x) - _q(o) ** 2) for x, o in zip(a, out, strict=False)])
     np.testing.assert_array_equal(side, expected)
 
 
@@ -92,7 +93,7 @@ def test_emulate_fp64_random_keeps_exact_results_and_perturbs_inexact_ones():
     policy = PrecisionPolicy.uniform("fp64", "random")
     f = jax.jit(emulate(lambda x, y: (x + y, x / 3.0), policy))
     x, y = jnp.float64(0.5), jnp.float64(0.25)
-    sums, thirds = zip(*(f(x, y, rounding_key=jax.random.key(i)) for i in range(16)))
+    sums, thirds = zip(*(f(x, y, rounding_key=jax.random.key(i)) for i in range(16)), strict=False)
     assert all(float(s) == 0.75 for s in sums)  # exact: never moved
     third = 0.5 / 3.0
     values = {float(t) for t in thirds}
