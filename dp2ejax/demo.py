@@ -13,7 +13,7 @@ import flax.linen as nn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dp2ejax import FORMATS, PrecisionPolicy, Rule, emulate, round_to  # noqa: E402
+from dp2ejax import FORMATS, PrecisionPolicy, Rule, cestac, emulate, round_to  # noqa: E402
 
 
 class _MLP(nn.Module):
@@ -79,13 +79,40 @@ def _emulated_mlp() -> str:
     return "\n".join(lines)
 
 
+def _rump(x, y):
+    return (333.75 * y**6 + x * x * (11 * x * x * y * y - y**6 - 121 * y**4 - 2) + 5.5 * y**8
+            + x / (2 * y))
+
+
+def _cestac() -> str:
+    plain = float(_rump(jnp.float64(77617.0), jnp.float64(33096.0)))
+    result = cestac.analyze(_rump, 77617.0, 33096.0, fmt="fp64")
+    lines = [f"Rump's polynomial: IEEE double gives {plain:.6e} (exact: -0.827396...); CESTAC: "
+             f"{float(result.digits):.1f} exact digits, computational zero "
+             f"{bool(result.computational_zero)}, instabilities "
+             f"{ {k: v for k, v in result.instability_totals().items() if v} }"]
+    model = _MLP(width=32)
+    x = jax.random.normal(jax.random.key(2), (64, 16), jnp.float64)
+    variables = model.init(jax.random.key(3), x)
+    lines.append(f"{'layer':<10} " + " ".join(f"{f + ' min/med':>16}" for f in
+                                               ("fp64", "fp32", "bf16", "fp8_e4m3")))
+    per_format = {f: cestac.analyze_layers(model, variables, x, fmt=f)[0]
+                  for f in ("fp64", "fp32", "bf16", "fp8_e4m3")}
+    for i, layer in enumerate(per_format["fp64"]):
+        cells = [f"{per_format[f][i].digits_min:>7.1f}/{per_format[f][i].digits_median:<8.1f}"
+                 for f in per_format]
+        lines.append(f"{layer.path or '(output)':<10} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def main() -> None:
     print("dp2ejax — emulated floating-point arithmetic for JAX\n")
     print("Formats\n" + _formats_table() + "\n")
     print("round_to in every mode\n" + _rounding_modes() + "\n")
     print("Stochastic rounding is unbiased\n" + _stochastic_unbiased() + "\n")
     print("A Flax MLP (16 -> 64 -> 64 -> 1) under emulated precision policies\n"
-          + _emulated_mlp())
+          + _emulated_mlp() + "\n")
+    print("CESTAC: exact significant digits (3 samples, random rounding)\n" + _cestac())
 
 
 if __name__ == "__main__":
