@@ -81,7 +81,7 @@ def emulate(fn: Callable, policy: PrecisionPolicy | str) -> Callable:
     Example:
       >>> import jax.numpy as jnp
       >>> f = lambda x: jnp.sum(x * 1.001)
-      >>> emulate(f, "bf16")(jnp.ones(256))
+      >>> emulate(f, "bf16")(jnp.ones(256, jnp.float32))
       Array(256., dtype=float32)
     """
     if isinstance(policy, str | FloatFormat):

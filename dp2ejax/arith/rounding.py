@@ -74,8 +74,8 @@ def round_to(
     Example:
       >>> import jax.numpy as jnp
       >>> round_to(jnp.float32(1 / 3), "bf16")
-      Array(0.333984, dtype=float32)
-      >>> round_to(jnp.array([0.3, 1000.0]), "fp8_e4m3")
+      Array(0.33398438, dtype=float32)
+      >>> round_to(jnp.array([0.3, 1000.0], jnp.float32), "fp8_e4m3")
       Array([0.3125,    nan], dtype=float32)
     """
     fmt = get_format(fmt)

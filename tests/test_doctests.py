@@ -1,0 +1,25 @@
+"""The docstring examples of the public modules run and print what they claim."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "dp2ejax.arith.formats",
+    "dp2ejax.arith.rounding",
+    "dp2ejax.arith.random_bits",
+    "dp2ejax.arith.policy",
+    "dp2ejax.arith.emulate",
+    "dp2ejax.cestac.digits",
+    "dp2ejax.cestac.analyze",
+    "dp2ejax.cestac.layers",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no docstring examples"
+    assert result.failed == 0
