@@ -54,7 +54,8 @@ _REDUCTIONS = frozenset({
     "cummin", "cumlogsumexp", "argmax", "argmin", "reduce_and", "reduce_or",
     *(_SCATTERS - {"scatter"}),
 })
-_MATMULS = frozenset({"dot_general", "conv_general_dilated"})
+_MATMULS = frozenset({"dot_general", "conv_general_dilated", "bcoo_dot_general",
+                      "bcoo_spdm", "bcsr_dot_general", "ragged_dot", "ragged_dot_general"})
 _LOOPS = frozenset({"scan", "while", "cond"})
 _CARRIERS = frozenset(np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
 
@@ -304,12 +305,13 @@ class _Interpreter:
         name = eqn.primitive.name
         input_rule = self.policy.resolve(path, "matmul_inputs")
         acc_rule = self.policy.resolve(path, "matmul_accumulation")
-        lhs, rhs = (self._round_operand(t, input_rule, path, name) for t in invals)
+        operands = [self._round_operand(t, input_rule, path, name) for t in invals]
         out_dtype = eqn.outvars[0].aval.dtype
         rounds = self._applies(acc_rule, out_dtype, path, name)
         block = acc_rule.accumulation.block_size if rounds else None
         highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
         if name == "dot_general":
+            lhs, rhs = operands
             dims = eqn.params["dimension_numbers"]
             if block is None:
                 out = lax.dot_general(lhs, rhs, dims, precision=highest,
@@ -323,13 +325,13 @@ class _Interpreter:
             if block is not None:
                 raise NotImplementedError(
                     f"accumulation {acc_rule.accumulation} is modelled for dot_general only; give "
-                    f"the convolution at {path or '<top level>'!r} an 'exact' "
-                    f"matmul_accumulation rule"
+                    f"the {name} at {path or '<top level>'!r} an 'exact' matmul_accumulation rule"
                 )
-            out = bind([lhs, rhs], precision=highest)[0]
-        result = self._round_result(name, [lhs, rhs], out, acc_rule) if rounds else out
+            overrides = {"precision": highest} if "precision" in eqn.params else {}
+            out = bind(operands, **overrides)[0]
+        result = self._round_result(name, operands, out, acc_rule) if rounds else out
         if self.observer is not None:
-            self.observer.record(eqn, path, [lhs, rhs], [result])
+            self.observer.record(eqn, path, operands, [result])
         return [(result, acc_rule.format if rounds else None)]
 
     def _dot_blocked(self, lhs, rhs, dims, out_dtype, block: int, rule: Rule):

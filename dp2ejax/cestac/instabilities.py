@@ -9,8 +9,10 @@ collectives (``lax.pmean``). It counts, per operation site, the elements where:
 - ``branching``: a comparison's operands differ by a computational zero (the branch taken may
   differ between samples: the program's control flow is not reliable);
 - ``math_function``: log, sqrt, pow… of a computational zero;
-- ``cancellation``: an addition or subtraction whose result has at least ``k`` fewer exact
-  digits than the less exact of its operands.
+- ``cancellation``: an addition or subtraction whose nonzero result is at least ``10**k`` times
+  smaller than its larger operand in some sample, so that its ``k`` leading digits cancel (the
+  result loses k digits of the operands' accuracy). Results that are exactly zero in every
+  sample are not cancellations but exact results.
 
 A site is a primitive at a module path and a source line.
 """
@@ -126,12 +128,14 @@ class InstabilityObserver:
         elif name in _MATH_FUNCTIONS and floats:
             self._count("math_function", eqn, path, self.is_zero(floats[0]))
         elif name in _ADDITIVE and len(floats) == 2 and outputs:
-            operand_digits = jnp.minimum(self.digits(floats[0]), self.digits(floats[1]))
-            result = outputs[0]
-            lost = operand_digits - self.digits(result)
-            nonzero = lax.pmax(jnp.where(result != 0, 1, 0), self.axis_name) == 1
-            self._count("cancellation", eqn, path,
-                        (lost >= self.cancellation_digits) & nonzero)
+            # Digits lost to cancellation: log10 of the larger operand's magnitude over the
+            # result's, in this sample (no cross-sample statistics: cheap on every addition).
+            larger = jnp.maximum(jnp.abs(floats[0]), jnp.abs(floats[1]))
+            result = jnp.abs(outputs[0])
+            threshold = 10.0 ** self.cancellation_digits
+            flags = (larger > 0) & (larger >= threshold * result) & (result > 0)
+            self._count("cancellation", eqn, path, lax.pmax(flags.astype(jnp.int32),
+                                                            self.axis_name) == 1)
 
     def _count(self, kind: str, eqn, path: str, flags: jax.Array) -> None:
         key = site_key(kind, eqn.primitive.name, path or module_path(eqn), source_location(eqn))

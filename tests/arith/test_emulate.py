@@ -850,3 +850,26 @@ def test_scatter_add_is_emulated():
     np.testing.assert_array_equal(
         np.asarray(out), np.array([u[0], 0.0, to_bf16(np.float32(u[1] + u[2])), 0.0], np.float32)
     )
+
+
+def test_sparse_bcoo_product_follows_the_matmul_rules():
+    # A BCOO product is a matmul: a policy that rounds only matmuls to bf16 rounds it exactly
+    # as it rounds the dense product of the same matrix, and sequential accumulation is refused
+    # with a clear error rather than silently ignored.
+    from jax.experimental import sparse
+
+    policy = PrecisionPolicy(
+        default="native", rules=[Rule("bf16", kinds=("matmul_inputs", "matmul_accumulation"))]
+    )
+    rng = np.random.default_rng(7)
+    dense = (rng.standard_normal((6, 5)) * (rng.random((6, 5)) < 0.5)).astype(F32)
+    x = rng.standard_normal((5, 3)).astype(F32)
+    a = sparse.BCOO.fromdense(jnp.asarray(dense))
+    got = jemulate(lambda m, v: m @ v, policy)(a, jnp.asarray(x))
+    want = jemulate(lambda m, v: m @ v, policy)(jnp.asarray(dense), jnp.asarray(x))
+    assert_bitwise_equal(got, want)
+    assert_in_format(got, to_bf16)
+    assert not np.array_equal(np.asarray(got), dense @ x)
+    with pytest.raises(NotImplementedError, match="dot_general only"):
+        emulate(lambda m, v: m @ v, PrecisionPolicy.uniform("bf16", accumulation="sequential"))(
+            a, jnp.asarray(x))
