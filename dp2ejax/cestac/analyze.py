@@ -20,7 +20,12 @@ import numpy as np
 from dp2ejax.arith.emulate import run_emulated
 from dp2ejax.arith.formats import FloatFormat, get_format
 from dp2ejax.arith.policy import PrecisionPolicy, Rule
-from dp2ejax.cestac.digits import computational_zero, precision_digits, significant_digits
+from dp2ejax.cestac.digits import (
+    computational_zero,
+    precision_digits,
+    sample_statistics,
+    significant_digits,
+)
 from dp2ejax.cestac.instabilities import (
     INSTABILITY_KINDS,
     Instability,
@@ -203,8 +208,8 @@ def analyze(
         (parse_site(site, int(np.asarray(c)[0])) for site, c in counts.items()),
         key=lambda i: (-i.count, i.kind, i.path, i.source))
     return CestacResult(
-        mean=jax.tree_util.tree_map(lambda s: jnp.mean(s, 0), outs),
-        std=jax.tree_util.tree_map(lambda s: jnp.std(s, 0, ddof=1), outs),
+        mean=jax.tree_util.tree_map(lambda s: sample_statistics(s, 0)[0], outs),
+        std=jax.tree_util.tree_map(lambda s: sample_statistics(s, 0)[1], outs),
         digits=digits,
         computational_zero=zero,
         samples=outs,

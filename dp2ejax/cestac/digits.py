@@ -53,6 +53,18 @@ def precision_digits(precision_bits: int) -> float:
     return precision_bits * math.log10(2.0)
 
 
+def sample_statistics(samples: jax.Array, axis: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Mean and standard deviation (ddof=1) of ``samples`` along ``axis``; where every sample is
+    equal they are that value and 0 exactly (the rounded sum alone would blur them: the mean of
+    three equal samples differs from them in about 30% of cases)."""
+    samples = jnp.asarray(samples)
+    first = jnp.take(samples, 0, axis=axis)
+    equal = jnp.all(samples == jnp.expand_dims(first, axis), axis=axis)
+    mean = jnp.where(equal, first, jnp.mean(samples, axis=axis))
+    std = jnp.where(equal, jnp.zeros_like(mean), jnp.std(samples, axis=axis, ddof=1))
+    return mean, std
+
+
 def significant_digits(
     samples: jax.Array, axis: int = 0, *, max_digits: float | None = None
 ) -> jax.Array:
@@ -78,8 +90,7 @@ def significant_digits(
         raise ValueError(f"CESTAC needs at least 2 samples on axis {axis}, got {n}")
     if max_digits is None:
         max_digits = precision_digits(jnp.finfo(samples.dtype).nmant + 1)
-    mean = jnp.mean(samples, axis=axis)
-    std = jnp.std(samples, axis=axis, ddof=1)
+    mean, std = sample_statistics(samples, axis)
     tau = student_t_975(n - 1)
     with np.errstate(divide="ignore"):
         digits = jnp.log10(math.sqrt(n) * jnp.abs(mean) / (tau * std))

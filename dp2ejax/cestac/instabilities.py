@@ -100,7 +100,10 @@ class InstabilityObserver:
         n = self.samples
         mean = lax.pmean(x, self.axis_name)
         var = lax.pmean(jnp.square(x - mean), self.axis_name) * (n / (n - 1))
-        std = jnp.sqrt(var)
+        # Equal samples are exact (the rounded pmean alone could differ from them by an ulp).
+        equal = lax.pmax(x, self.axis_name) == lax.pmin(x, self.axis_name)
+        mean = jnp.where(equal, x, mean)
+        std = jnp.where(equal, 0.0, jnp.sqrt(var))
         tau = student_t_975(n - 1)
         safe = jnp.where(std > 0, std, 1)
         digits = jnp.log10(math.sqrt(n) * jnp.abs(mean) / (tau * safe))
