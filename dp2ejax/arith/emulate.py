@@ -38,7 +38,7 @@ _DATA_MOVEMENT = frozenset({
     "dynamic_slice", "dynamic_update_slice", "gather", "concatenate", "pad", "rev", "select_n",
     "copy", "copy_p", "device_put", "sharding_constraint", "sort", "split", "stop_gradient",
     "optimization_barrier", "mesh_cast", "pvary", "reduce_precision", "iota",
-    "real", "imag", "conj", "complex", "scatter",
+    "real", "imag", "conj", "complex", "scatter", "stack",
 })
 # Scatters carry an update_jaxpr describing how they combine values; they are ordinary
 # operations here, the combining ones (scatter-add, -mul, -min, -max) accumulate like reductions.
@@ -47,7 +47,7 @@ _SCATTERS = frozenset({"scatter", "scatter-add", "scatter_add", "scatter-mul", "
 # Operations whose result is representable in any format that holds their operands.
 _CLOSED_ON_FORMAT = frozenset({
     "neg", "abs", "max", "min", "reduce_max", "reduce_min", "cummax", "cummin", "clamp",
-    "sign",
+    "sign", "floor", "ceil", "round", "rem", "top_k", "reduce_window_max", "reduce_window_min",
 })
 _REDUCTIONS = frozenset({
     "reduce_sum", "reduce_prod", "reduce_max", "reduce_min", "cumsum", "cumprod", "cummax",
@@ -105,8 +105,9 @@ def emulate(fn: Callable, policy: PrecisionPolicy | str) -> Callable:
 def run_emulated(fn: Callable, policy: PrecisionPolicy, args, kwargs, key, observer=None):
     """Traces ``fn(*args, **kwargs)`` and evaluates it under ``policy``; the engine of
     :func:`emulate`. ``observer`` (used by :mod:`dp2ejax.cestac`) sees every arithmetic
-    operation: ``observer.record(eqn, path, operands, outputs)``, ``observer.child()`` for a
-    loop body, ``observer.counts`` (a dict of site -> scalar count) and ``observer.add(counts)``.
+    operation: ``observer.record(eqn, path, operands, outputs)`` (which may return replacement
+    outputs for an elementwise operation, or None), ``observer.child()`` for a loop body,
+    ``observer.counts`` (a dict of site -> scalar count) and ``observer.add(counts)``.
     """
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
     dynamic = [_is_array_like(leaf) for leaf in leaves]
@@ -144,6 +145,15 @@ def _join(prefix: str, path: str) -> str:
     return f"{prefix}/{path}" if prefix and path else prefix or path
 
 
+def _exact_conversion(operand, out) -> bool:
+    """Whether converting ``operand`` to ``out``'s dtype is exact for every value (bool, or a
+    float dtype whose values ``out``'s float dtype all holds)."""
+    dtype = np.dtype(jnp.result_type(operand))
+    if dtype == np.bool_:
+        return True
+    return dtype in _CARRIERS and carrier_format(dtype).is_subset_of(carrier_format(out.dtype))
+
+
 def _is_float(aval) -> bool:
     dtype = getattr(aval, "dtype", None)
     return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
@@ -160,6 +170,9 @@ class _Interpreter:
         self.key = key
         self.observer = observer
         self.sites = 0
+        # A value rounded to a rule's format once, reused at every later use: in the random
+        # modes, fresh bits per use would give one datum different values (x - x != 0).
+        self._rounded: dict[tuple[int, Rule], tuple[Any, jax.Array]] = {}
 
     def _next_key(self) -> jax.Array:
         key = jax.random.fold_in(self.key, self.sites)
@@ -191,6 +204,8 @@ class _Interpreter:
         random mode needs the operation itself (see :mod:`dp2ejax.arith.carrier_random`)."""
         if not carrier_format(out.dtype).is_subset_of(rule.format):
             return self._round(out, rule)
+        if name == "convert_element_type" and _exact_conversion(operands[0], out):
+            return out  # a widening (or same-dtype) conversion is exact: nothing to round
         if rule.mode == "random":
             bits = random_bits(self._next_key(), out.shape, out.dtype, self.policy.rng)
             return random_round_at_carrier(name, operands, out, bits)
@@ -219,7 +234,10 @@ class _Interpreter:
             return value
         if carrier_format(value.dtype).is_subset_of(rule.format):
             return value  # every carrier value is representable: converting it is exact
-        return self._round(value, rule)
+        memo = (id(tagged[0]), rule)
+        if memo not in self._rounded:
+            self._rounded[memo] = (tagged[0], self._round(value, rule))  # keeps the id alive
+        return self._rounded[memo][1]
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -298,7 +316,9 @@ class _Interpreter:
             else:
                 result.append((self._round_result(name, operands, out, rule), rule.format))
         if self.observer is not None:
-            self.observer.record(eqn, path, operands, [v for v, _ in result])
+            replaced = self.observer.record(eqn, path, operands, [v for v, _ in result])
+            if replaced is not None:  # e.g. CESTAC's stochastic comparisons
+                result = [(v, t) for v, (_, t) in zip(replaced, result, strict=True)]
         return result
 
     def _matmul(self, eqn, invals: list[Tagged], path: str, bind) -> list[Tagged]:

@@ -27,6 +27,7 @@ from dp2ejax.cestac.digits import (
     significant_digits,
 )
 from dp2ejax.cestac.instabilities import (
+    COMPARISON_MODES,
     INSTABILITY_KINDS,
     Instability,
     InstabilityObserver,
@@ -152,6 +153,7 @@ def analyze(
     key: jax.Array | None = None,
     policy: PrecisionPolicy | None = None,
     cancellation_digits: float = 4.0,
+    comparisons: str = "stochastic",
     sample_sharding: jax.sharding.Sharding | None = None,
     **kwargs,
 ) -> CestacResult:
@@ -166,6 +168,10 @@ def analyze(
       key: PRNG key of the random roundings (default ``jax.random.key(0)``).
       policy: instead of ``fmt``, a full policy; its modes are switched to ``random``.
       cancellation_digits: a sum losing at least this many digits counts as a cancellation.
+      comparisons: ``"stochastic"`` (default, as CADNA): a comparison of two results is decided
+        on their stochastic numbers (``a == b`` iff ``a - b`` is a computational zero), the same
+        in every sample, so all samples follow one control flow; ``"per_sample"``: each sample
+        compares its own values and may branch differently.
       sample_sharding: a sharding of the sample axis (e.g. ``NamedSharding(mesh, P("s"))``
         over a 1-D mesh): the samples then run on several devices.
 
@@ -181,6 +187,8 @@ def analyze(
     """
     if not isinstance(samples, int) or samples < 2:
         raise ValueError(f"samples must be an int >= 2, got {samples!r}")
+    if comparisons not in COMPARISON_MODES:
+        raise ValueError(f"comparisons must be one of {COMPARISON_MODES}, got {comparisons!r}")
     fmt = get_format(fmt)
     policy = _random_policy(policy, fmt)
     formats = policy.formats()
@@ -195,7 +203,8 @@ def analyze(
         keys = jax.device_put(keys, sample_sharding)
 
     def one_sample(sample_key):
-        observer = InstabilityObserver(SAMPLE_AXIS, samples, cancellation_digits, max_digits)
+        observer = InstabilityObserver(SAMPLE_AXIS, samples, cancellation_digits, max_digits,
+                                       comparisons)
         out = run_emulated(fn, policy, args, kwargs, sample_key, observer)
         return out, observer.counts
 

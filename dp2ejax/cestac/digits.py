@@ -55,11 +55,11 @@ def precision_digits(precision_bits: int) -> float:
 
 def sample_statistics(samples: jax.Array, axis: int = 0) -> tuple[jax.Array, jax.Array]:
     """Mean and standard deviation (ddof=1) of ``samples`` along ``axis``; where every sample is
-    equal they are that value and 0 exactly (the rounded sum alone would blur them: the mean of
-    three equal samples differs from them in about 30% of cases)."""
+    equal (and finite) they are that value and 0 exactly (the rounded sum alone would blur them:
+    the mean of three equal samples differs from them in about 30% of cases)."""
     samples = jnp.asarray(samples)
     first = jnp.take(samples, 0, axis=axis)
-    equal = jnp.all(samples == jnp.expand_dims(first, axis), axis=axis)
+    equal = jnp.all(samples == jnp.expand_dims(first, axis), axis=axis) & jnp.isfinite(first)
     mean = jnp.where(equal, first, jnp.mean(samples, axis=axis))
     std = jnp.where(equal, jnp.zeros_like(mean), jnp.std(samples, axis=axis, ddof=1))
     return mean, std

@@ -15,6 +15,12 @@ collectives (``lax.pmean``). It counts, per operation site, the elements where:
   sample are not cancellations but exact results.
 
 A site is a primitive at a module path and a source line.
+
+Comparisons are, by default, those of discrete stochastic arithmetic (Vignes; CADNA's relational
+operators): ``a == b`` holds when ``a - b`` is a computational zero, ``a > b`` when the mean of
+``a - b`` is positive and ``a - b`` is not a computational zero, and so on. Every sample then
+takes the same branch, as the one stochastic number of CADNA does. ``comparisons="per_sample"``
+lets each sample compare its own values instead (the program as plain floats would run it).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ _MATH_FUNCTIONS = frozenset({
     "digamma",
 })
 _ADDITIVE = frozenset({"add", "sub", "add_any"})
+COMPARISON_MODES: tuple[str, ...] = ("stochastic", "per_sample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,16 +84,19 @@ class InstabilityObserver:
     """Counts instabilities inside ``vmap(..., axis_name=axis_name)`` over ``samples`` lanes."""
 
     def __init__(self, axis_name: str, samples: int, cancellation_digits: float,
-                 max_digits: float):
+                 max_digits: float, comparisons: str = "stochastic"):
+        if comparisons not in COMPARISON_MODES:
+            raise ValueError(f"comparisons must be one of {COMPARISON_MODES}, got {comparisons!r}")
         self.axis_name = axis_name
         self.samples = samples
         self.cancellation_digits = cancellation_digits
         self.max_digits = max_digits
+        self.comparisons = comparisons
         self.counts: dict[str, jax.Array] = {}
 
     def child(self) -> InstabilityObserver:
         return InstabilityObserver(self.axis_name, self.samples, self.cancellation_digits,
-                                   self.max_digits)
+                                   self.max_digits, self.comparisons)
 
     def add(self, counts: dict[str, jax.Array]) -> None:
         for site, count in counts.items():
@@ -101,7 +111,7 @@ class InstabilityObserver:
         mean = lax.pmean(x, self.axis_name)
         var = lax.pmean(jnp.square(x - mean), self.axis_name) * (n / (n - 1))
         # Equal samples are exact (the rounded pmean alone could differ from them by an ulp).
-        equal = lax.pmax(x, self.axis_name) == lax.pmin(x, self.axis_name)
+        equal = (lax.pmax(x, self.axis_name) == lax.pmin(x, self.axis_name)) & jnp.isfinite(x)
         mean = jnp.where(equal, x, mean)
         std = jnp.where(equal, 0.0, jnp.sqrt(var))
         tau = student_t_975(n - 1)
@@ -118,7 +128,17 @@ class InstabilityObserver:
 
     # --- recording -----------------------------------------------------------------------------
 
-    def record(self, eqn, path: str, operands, outputs) -> None:
+    def stochastic_comparison(self, name: str, difference: jax.Array, zero: jax.Array):
+        """The relation ``name`` ("lt", "eq", …) of two stochastic numbers whose difference
+        (per sample) is ``difference`` and is a computational zero where ``zero``."""
+        sign = lax.pmean(difference, self.axis_name)
+        positive, negative = (sign > 0) & ~zero, (sign < 0) & ~zero
+        return {"eq": zero, "ne": ~zero, "gt": positive, "lt": negative,
+                "ge": positive | zero, "le": negative | zero}[name]
+
+    def record(self, eqn, path: str, operands, outputs) -> list[jax.Array] | None:
+        """Counts the instabilities of one operation; returns the stochastic result of a
+        comparison (see the module docstring), None otherwise."""
         name = eqn.primitive.name
         floats = [o for o in operands if jnp.issubdtype(jnp.result_type(o), jnp.floating)]
         if name == "mul" and len(floats) == 2:
@@ -127,7 +147,11 @@ class InstabilityObserver:
         elif name == "div" and len(floats) == 2:
             self._count("division", eqn, path, self.is_zero(floats[1]))
         elif name in _COMPARISONS and len(floats) == 2:
-            self._count("branching", eqn, path, self.is_zero(floats[0] - floats[1]))
+            difference = floats[0] - floats[1]
+            zero = self.is_zero(difference)
+            self._count("branching", eqn, path, zero)
+            if self.comparisons == "stochastic":
+                return [self.stochastic_comparison(name, difference, zero)]
         elif name in _MATH_FUNCTIONS and floats:
             self._count("math_function", eqn, path, self.is_zero(floats[0]))
         elif name in _ADDITIVE and len(floats) == 2 and outputs:
@@ -139,6 +163,7 @@ class InstabilityObserver:
             flags = (larger > 0) & (larger >= threshold * result) & (result > 0)
             self._count("cancellation", eqn, path, lax.pmax(flags.astype(jnp.int32),
                                                             self.axis_name) == 1)
+        return None
 
     def _count(self, kind: str, eqn, path: str, flags: jax.Array) -> None:
         key = site_key(kind, eqn.primitive.name, path or module_path(eqn), source_location(eqn))
