@@ -1,7 +1,8 @@
 """dp2ejax: mixed and emulated floating-point arithmetic for JAX.
 
-The public API: formats (:class:`FloatFormat`, :data:`FORMATS`, :func:`get_format`), bit-exact
-rounding (:func:`round_to`), precision policies (:class:`PrecisionPolicy`, :class:`Rule`,
+The public API: formats (:class:`FloatFormat`, :class:`PositFormat`, :class:`IntFormat`,
+:class:`BlockScaledFormat`, :data:`FORMATS`, :func:`get_format`), bit-exact rounding
+(:func:`round_to`), precision policies (:class:`PrecisionPolicy`, :class:`Rule`,
 :class:`Accumulation`) and the :func:`emulate` transformation.
 """
 
@@ -10,7 +11,10 @@ from dp2ejax.arith import (
     OP_KINDS,
     ROUNDING_MODES,
     Accumulation,
+    BlockScaledFormat,
     FloatFormat,
+    IntFormat,
+    PositFormat,
     PrecisionPolicy,
     Rule,
     emulate,
@@ -25,7 +29,10 @@ __all__ = [
     "OP_KINDS",
     "ROUNDING_MODES",
     "Accumulation",
+    "BlockScaledFormat",
     "FloatFormat",
+    "IntFormat",
+    "PositFormat",
     "PrecisionPolicy",
     "Rule",
     "emulate",

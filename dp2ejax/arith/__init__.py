@@ -2,21 +2,43 @@
 ``emulate`` transformation that rounds every operation of a JAX function."""
 
 from dp2ejax.arith.emulate import emulate, module_path
-from dp2ejax.arith.formats import ALIASES, FORMATS, FloatFormat, carrier_format, get_format
-from dp2ejax.arith.policy import NATIVE, OP_KINDS, Accumulation, PrecisionPolicy, Rule
+from dp2ejax.arith.formats import (
+    ALIASES,
+    FORMATS,
+    BlockScaledFormat,
+    FloatFormat,
+    Format,
+    IntFormat,
+    PositFormat,
+    carrier_format,
+    get_format,
+)
+from dp2ejax.arith.policy import (
+    NATIVE,
+    OP_KINDS,
+    OPERAND_KINDS,
+    Accumulation,
+    PrecisionPolicy,
+    Rule,
+)
 from dp2ejax.arith.random_bits import RANDOM_BIT_GENERATORS, random_bits
-from dp2ejax.arith.rounding import RANDOM_MODES, ROUNDING_MODES, round_bits, round_to
+from dp2ejax.arith.rounding import RANDOM_MODES, ROUNDING_MODES, round_bits, round_kernel, round_to
 
 __all__ = [
     "ALIASES",
     "FORMATS",
     "NATIVE",
+    "OPERAND_KINDS",
     "OP_KINDS",
     "RANDOM_BIT_GENERATORS",
     "RANDOM_MODES",
     "ROUNDING_MODES",
     "Accumulation",
+    "BlockScaledFormat",
     "FloatFormat",
+    "Format",
+    "IntFormat",
+    "PositFormat",
     "PrecisionPolicy",
     "Rule",
     "carrier_format",
@@ -25,5 +47,6 @@ __all__ = [
     "module_path",
     "random_bits",
     "round_bits",
+    "round_kernel",
     "round_to",
 ]

@@ -28,7 +28,14 @@ from jax import lax
 from jax.extend import core as jex_core
 
 from dp2ejax.arith.carrier_random import random_round_at_carrier
-from dp2ejax.arith.formats import FloatFormat, carrier_format
+from dp2ejax.arith.formats import (
+    BlockScaledFormat,
+    FloatFormat,
+    Format,
+    IntFormat,
+    PositFormat,
+    carrier_format,
+)
 from dp2ejax.arith.policy import PrecisionPolicy, Rule
 from dp2ejax.arith.random_bits import random_bits
 from dp2ejax.arith.rounding import RANDOM_MODES, _round_straight_through
@@ -85,7 +92,7 @@ def emulate(fn: Callable, policy: PrecisionPolicy | str) -> Callable:
       >>> emulate(f, "bf16")(jnp.ones(256, jnp.float32))
       Array(256., dtype=float32)
     """
-    if isinstance(policy, str | FloatFormat):
+    if isinstance(policy, str | FloatFormat | PositFormat | IntFormat | BlockScaledFormat):
         policy = PrecisionPolicy.uniform(policy)
     if not isinstance(policy, PrecisionPolicy):
         raise ValueError(f"policy must be a PrecisionPolicy or a format name, got {policy!r}")
@@ -159,7 +166,74 @@ def _is_float(aval) -> bool:
     return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
 
-Tagged = tuple[Any, FloatFormat | None]  # a value and the format it is known to lie in
+Tagged = tuple[Any, Format | None]  # a value and the format it is known to lie in
+
+
+def _contraction_blocks(lhs, rhs, dims, block: int):
+    """Splits a dot_general's contraction into blocks of ``block`` terms: returns the operands
+    with the block index first (for a scan), the dimension numbers of one block's product and
+    the output shape."""
+    (lc, rc), (lb, rb) = dims
+    lfree = [d for d in range(lhs.ndim) if d not in lc and d not in lb]
+    rfree = [d for d in range(rhs.ndim) if d not in rc and d not in rb]
+    k = int(np.prod([lhs.shape[d] for d in lc], dtype=np.int64))
+    nblocks = -(-k // block)
+    pad = nblocks * block - k
+    lhs = jnp.transpose(lhs, (*lb, *lfree, *lc))
+    lhs = lhs.reshape(*lhs.shape[: len(lb) + len(lfree)], k)
+    rhs = jnp.transpose(rhs, (*rb, *rc, *rfree))
+    rhs = rhs.reshape(*rhs.shape[: len(rb)], k, *rhs.shape[len(rb) + len(rc):])
+    nb, nlf = len(lb), len(lfree)
+    lhs = jnp.pad(lhs, [(0, 0)] * (lhs.ndim - 1) + [(0, pad)])
+    rhs = jnp.pad(rhs, [(0, 0)] * nb + [(0, pad)] + [(0, 0)] * (rhs.ndim - nb - 1))
+    lhs = jnp.moveaxis(lhs.reshape(*lhs.shape[:-1], nblocks, block), -2, 0)
+    rhs = rhs.reshape(*rhs.shape[:nb], nblocks, block, *rhs.shape[nb + 1:])
+    rhs = jnp.moveaxis(rhs, nb, 0)
+    block_dims = (((nb + nlf,), (nb,)), (tuple(range(nb)), tuple(range(nb))))
+    out_shape = (*lhs.shape[1: 1 + nb + nlf], *rhs.shape[2 + nb:])
+    return lhs, rhs, block_dims, out_shape
+
+
+def _dot_quire(lhs, rhs, dims, out_dtype):
+    """dot_general accumulated as a quire: each product a * b = p + e exactly (TwoProduct), the
+    running sum kept as hi + lo (TwoSum). Returns hi + lo rounded to nearest in the carrier, and
+    rounded to odd, so that one later rounding to any format of at most carrier precision - 2
+    bits is the correct rounding of hi + lo (Boldo and Melquiond, 2008)."""
+    from dp2ejax.arith.carrier_random import _split, _sum_error
+
+    lhs, rhs = jnp.asarray(lhs, out_dtype), jnp.asarray(rhs, out_dtype)
+    lhs, rhs, block_dims, out_shape = _contraction_blocks(lhs, rhs, dims, 1)
+    highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
+
+    def product(a, b):
+        return lax.dot_general(a, b, block_dims, precision=highest,
+                               preferred_element_type=out_dtype)
+
+    def step(carry, terms):
+        hi, lo = carry
+        a, b = terms
+        p = product(a, b)  # one term: p = fl(a * b); its error from the split halves
+        (ah, al), (bh, bl) = _split(a), _split(b)
+        e = ((product(ah, bh) - p) + product(ah, bl) + product(al, bh)) + product(al, bl)
+        s = hi + p
+        return (s, lo + (_sum_error(hi, p, s) + e)), None
+
+    zeros = jnp.zeros(out_shape, out_dtype)
+    (hi, lo), _ = lax.scan(step, (zeros, zeros), (lhs, rhs))
+    total = hi + lo
+    rest = _sum_error(hi, lo, total)  # hi + lo = total + rest exactly
+    return total, _round_to_odd(total, rest)
+
+
+def _round_to_odd(total, rest):
+    """The value total + rest (|rest| <= ulp(total) / 2) rounded to odd: truncated toward zero,
+    with the last bit set when inexact."""
+    uint = {4: jnp.uint32, 8: jnp.uint64}[np.dtype(total.dtype).itemsize]
+    inward = (rest != 0) & (jnp.sign(rest) != jnp.sign(total))
+    truncated = jnp.where(inward, jnp.nextafter(total, jnp.zeros_like(total)), total)
+    bits = lax.bitcast_convert_type(truncated, uint)
+    odd = lax.bitcast_convert_type(bits | jnp.array(1, uint), total.dtype)
+    return jnp.where((rest != 0) & jnp.isfinite(total), odd, total)
 
 
 class _Interpreter:
@@ -172,7 +246,7 @@ class _Interpreter:
         self.sites = 0
         # A value rounded to a rule's format once, reused at every later use: in the random
         # modes, fresh bits per use would give one datum different values (x - x != 0).
-        self._rounded: dict[tuple[int, Rule], tuple[Any, jax.Array]] = {}
+        self._rounded: dict[tuple[int, Rule, int | None], tuple[Any, jax.Array]] = {}
 
     def _next_key(self) -> jax.Array:
         key = jax.random.fold_in(self.key, self.sites)
@@ -219,13 +293,16 @@ class _Interpreter:
             f"in float64 (jax.config.update('jax_enable_x64', True))"
         )
 
-    def _round(self, value, rule: Rule):
+    def _round(self, value, rule: Rule, axis: int | None = None):
         bits = None
         if rule.mode in RANDOM_MODES:
             bits = random_bits(self._next_key(), value.shape, value.dtype, self.policy.rng)
-        return _round_straight_through(value, bits, rule.format, rule.mode, rule.saturate)
+        if not isinstance(rule.format, BlockScaledFormat | IntFormat):
+            axis = None
+        return _round_straight_through(value, bits, rule.format, rule.mode, rule.saturate, axis)
 
-    def _round_operand(self, tagged: Tagged, rule: Rule, path: str, prim: str):
+    def _round_operand(self, tagged: Tagged, rule: Rule, path: str, prim: str,
+                       axis: int | None = None):
         value, tag = tagged
         value = jnp.asarray(value)
         if not _is_float(value) or not self._applies(rule, value.dtype, path, prim):
@@ -234,9 +311,9 @@ class _Interpreter:
             return value
         if carrier_format(value.dtype).is_subset_of(rule.format):
             return value  # every carrier value is representable: converting it is exact
-        memo = (id(tagged[0]), rule)
+        memo = (id(tagged[0]), rule, axis)
         if memo not in self._rounded:
-            self._rounded[memo] = (tagged[0], self._round(value, rule))  # keeps the id alive
+            self._rounded[memo] = (tagged[0], self._round(value, rule, axis))  # keeps the id
         return self._rounded[memo][1]
 
     # --- evaluation ----------------------------------------------------------------------------
@@ -323,17 +400,40 @@ class _Interpreter:
 
     def _matmul(self, eqn, invals: list[Tagged], path: str, bind) -> list[Tagged]:
         name = eqn.primitive.name
-        input_rule = self.policy.resolve(path, "matmul_inputs")
+        # the first operand is the left one, the last the right one (sparse products carry
+        # index arrays between them, which are not rounded)
+        input_rules = [self.policy.resolve(path, "matmul_inputs")] * len(invals)
+        input_rules[0] = self.policy.resolve(path, "matmul_lhs")
+        input_rules[-1] = self.policy.resolve(path, "matmul_rhs")
         acc_rule = self.policy.resolve(path, "matmul_accumulation")
-        operands = [self._round_operand(t, input_rule, path, name) for t in invals]
+        axes = [None] * len(invals)
+        if name == "dot_general":  # block-scaled operands have their blocks along the contraction
+            (lc, rc), _ = eqn.params["dimension_numbers"]
+            axes = [lc[-1] if lc else None, rc[-1] if rc else None]
         out_dtype = eqn.outvars[0].aval.dtype
         rounds = self._applies(acc_rule, out_dtype, path, name)
         block = acc_rule.accumulation.block_size if rounds else None
+        quire = rounds and acc_rule.accumulation.quire
+        if quire and name != "dot_general":
+            raise NotImplementedError(
+                f"the quire accumulation is modelled for dot_general only; give the {name} at "
+                f"{path or '<top level>'!r} an 'exact' matmul_accumulation rule")
+        if (name == "dot_general"
+                and all(isinstance(r.format, IntFormat) and r.mode == "nearest"
+                        and self._applies(r, out_dtype, path, name) for r in input_rules)
+                and all(_is_float(jnp.asarray(v)) for v, _ in invals)):
+            return self._int_matmul(eqn, invals, path, input_rules, acc_rule, rounds, block)
+        operands = [self._round_operand(t, rule, path, name, axis)
+                    for t, rule, axis in zip(invals, input_rules, axes, strict=True)]
         highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
         if name == "dot_general":
             lhs, rhs = operands
             dims = eqn.params["dimension_numbers"]
-            if block is None:
+            if quire:
+                total, odd = _dot_quire(lhs, rhs, dims, out_dtype)
+                # rounding to the carrier's own precision: the nearest is total itself
+                out = total if carrier_format(out_dtype).is_subset_of(acc_rule.format) else odd
+            elif block is None:
                 out = lax.dot_general(lhs, rhs, dims, precision=highest,
                                       preferred_element_type=out_dtype)
             else:
@@ -354,26 +454,29 @@ class _Interpreter:
             self.observer.record(eqn, path, operands, [result])
         return [(result, acc_rule.format if rounds else None)]
 
+    def _int_matmul(self, eqn, invals: list[Tagged], path: str, input_rules: list[Rule],
+                    acc_rule: Rule, rounds: bool, block: int | None) -> list[Tagged]:
+        """A dot_general of integer-quantized operands as integer hardware computes it: integer
+        codes dotted exactly in int32 (see :func:`dp2ejax.arith.integer.int_dot_general`), one
+        rescale, then the accumulation rule's single rounding of the result."""
+        from dp2ejax.arith.integer import int_dot_general
+
+        if block is not None:
+            raise ValueError(
+                f"integer matmul inputs at {path or '<top level>'!r} accumulate exactly in int32; "
+                f"give them an 'exact' matmul_accumulation rule, not {acc_rule.accumulation}")
+        out_dtype = eqn.outvars[0].aval.dtype
+        lhs, rhs = (jnp.asarray(v, out_dtype) for v, _ in invals)
+        out = int_dot_general(lhs, rhs, eqn.params["dimension_numbers"], input_rules[0].format,
+                              input_rules[1].format, preferred_element_type=out_dtype)
+        result = self._round_result("dot_general", [lhs, rhs], out, acc_rule) if rounds else out
+        if self.observer is not None:
+            self.observer.record(eqn, path, [lhs, rhs], [result])
+        return [(result, acc_rule.format if rounds else None)]
+
     def _dot_blocked(self, lhs, rhs, dims, out_dtype, block: int, rule: Rule):
         """dot_general whose running sum is rounded after adding each block of products."""
-        (lc, rc), (lb, rb) = dims
-        lfree = [d for d in range(lhs.ndim) if d not in lc and d not in lb]
-        rfree = [d for d in range(rhs.ndim) if d not in rc and d not in rb]
-        k = int(np.prod([lhs.shape[d] for d in lc], dtype=np.int64))
-        nblocks = -(-k // block)
-        pad = nblocks * block - k
-        lhs = jnp.transpose(lhs, (*lb, *lfree, *lc))
-        lhs = lhs.reshape(*lhs.shape[: len(lb) + len(lfree)], k)
-        rhs = jnp.transpose(rhs, (*rb, *rc, *rfree))
-        rhs = rhs.reshape(*rhs.shape[: len(rb)], k, *rhs.shape[len(rb) + len(rc):])
-        nb, nlf = len(lb), len(lfree)
-        lhs = jnp.pad(lhs, [(0, 0)] * (lhs.ndim - 1) + [(0, pad)])
-        rhs = jnp.pad(rhs, [(0, 0)] * nb + [(0, pad)] + [(0, 0)] * (rhs.ndim - nb - 1))
-        lhs = jnp.moveaxis(lhs.reshape(*lhs.shape[:-1], nblocks, block), -2, 0)
-        rhs = rhs.reshape(*rhs.shape[:nb], nblocks, block, *rhs.shape[nb + 1:])
-        rhs = jnp.moveaxis(rhs, nb, 0)
-        block_dims = (((nb + nlf,), (nb,)), (tuple(range(nb)), tuple(range(nb))))
-        out_shape = (*lhs.shape[1: 1 + nb + nlf], *rhs.shape[2 + nb:])
+        lhs, rhs, block_dims, out_shape = _contraction_blocks(lhs, rhs, dims, block)
         key = self._next_key() if rule.mode in RANDOM_MODES else None
 
         def step(carry, blocks):

@@ -152,8 +152,14 @@ class FloatFormat:
         carrier = carrier_format(dtype)
         return self.is_subset_of(carrier)
 
-    def is_subset_of(self, other: FloatFormat) -> bool:
-        """Whether every finite value of this format is a value of ``other``.
+    @property
+    def bits_per_value(self) -> float:
+        """Storage cost of one value in bits (what cost models price)."""
+        return float(self.total_bits)
+
+    def is_subset_of(self, other: Format) -> bool:
+        """Whether every finite value of this format is a value of ``other`` (always False for
+        block-scaled and integer formats, whose values depend on data-dependent scales).
 
         Example:
           >>> get_format("bf16").is_subset_of(get_format("fp32"))
@@ -161,6 +167,8 @@ class FloatFormat:
           >>> get_format("bf16").is_subset_of(get_format("fp16"))
           False
         """
+        if not isinstance(other, FloatFormat):
+            return False
         if self.mantissa_bits > other.mantissa_bits or self.max_finite > other.max_finite:
             return False
         if self.min_subnormal < other.min_subnormal:
@@ -190,6 +198,266 @@ class FloatFormat:
         """A JSON/TOML-friendly dict; :func:`get_format` accepts it back."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if
                 getattr(self, f.name) is not None}
+
+
+def _check_int(owner: str, field: str, value, low: int, high: int) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or not (
+            low <= value <= high):
+        raise ValueError(f"{owner} {field} must be an int in {low}..{high}, got {value!r}")
+    return int(value)
+
+
+def _kind_dict(fmt, kind: str) -> dict:
+    out = {"kind": kind}
+    out.update({f.name: getattr(fmt, f.name) for f in dataclasses.fields(fmt)
+                if getattr(fmt, f.name) is not None})
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PositFormat:
+    """A posit<nbits, es> format (Posit Standard 2022; the standard's posits have es = 2).
+
+    A posit has a sign, a run-length regime, up to ``es`` exponent bits and the remaining bits
+    as fraction: values are ``useed**r * 2**e * (1 + f)`` with ``useed = 2**(2**es)``, tapered
+    precision (most fraction bits near 1), no subnormals, no infinities, and one NaR
+    (not-a-real) that NaN and infinities become. Rounding never underflows to zero nor overflows:
+    it saturates at ``minpos`` and ``maxpos``.
+
+    Example:
+      >>> p = get_format("posit16")
+      >>> p.maxpos == 2.0**56, p.max_fraction_bits
+      (True, 11)
+    """
+
+    name: str
+    nbits: int
+    es: int = 2
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"PositFormat name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "nbits", _check_int("PositFormat", "nbits", self.nbits, 3, 64))
+        object.__setattr__(self, "es", _check_int("PositFormat", "es", self.es, 0, 5))
+
+    @property
+    def useed(self) -> float:
+        return math.ldexp(1.0, 1 << self.es)
+
+    @property
+    def max_scale(self) -> int:
+        """log2(maxpos) = (nbits - 2) * 2**es; minpos = 2**-max_scale."""
+        return (self.nbits - 2) << self.es
+
+    @property
+    def maxpos(self) -> float:
+        return math.ldexp(1.0, self.max_scale)
+
+    @property
+    def minpos(self) -> float:
+        return math.ldexp(1.0, -self.max_scale)
+
+    @property
+    def max_fraction_bits(self) -> int:
+        """Fraction bits of the posits nearest 1 (regime of 2 bits, every exponent bit)."""
+        return max(self.nbits - 3 - self.es, 0)
+
+    @property
+    def precision(self) -> int:
+        """Significand precision in bits near 1, the implicit bit included."""
+        return self.max_fraction_bits + 1
+
+    @property
+    def bits_per_value(self) -> float:
+        return float(self.nbits)
+
+    def is_subset_of(self, other: Format) -> bool:
+        """Whether every posit value is a value of ``other`` (a float format, or a posit with
+        the same ``es`` and at least as many bits)."""
+        if isinstance(other, PositFormat):
+            return other.es == self.es and other.nbits >= self.nbits
+        if not isinstance(other, FloatFormat):
+            return False
+        return (self.max_fraction_bits <= other.mantissa_bits
+                and self.maxpos <= other.max_finite and self.minpos >= other.min_normal)
+
+    def fits_in(self, dtype) -> bool:
+        return self.is_subset_of(carrier_format(dtype))
+
+    def describe(self) -> str:
+        return (f"{self.name}: posit<{self.nbits},{self.es}>, maxpos 2^{self.max_scale}, "
+                f"minpos 2^-{self.max_scale}, up to {self.max_fraction_bits} fraction bits, NaR")
+
+    def to_dict(self) -> dict:
+        return _kind_dict(self, "posit")
+
+
+IntGranularity = Literal["tensor", "channel", "block"]
+
+
+@dataclasses.dataclass(frozen=True)
+class IntFormat:
+    """Symmetric signed integers of ``bits`` bits with absmax scales: a value x becomes
+    ``scale * clip(round(x / scale), -qmax, qmax)`` with ``qmax = 2**(bits-1) - 1`` and
+    ``scale = absmax / qmax`` taken per tensor, per channel (every index along ``axis`` has its
+    own scale) or per block of ``block_size`` consecutive elements along ``axis``.
+    ``percentile`` (e.g. 99.9) replaces the absmax by that percentile of |x| (calibration that
+    clips outliers). Matmuls of integer operands accumulate exactly in int32 and rescale once.
+
+    Example:
+      >>> get_format("int8").qmax, get_format("int4_channel").granularity
+      (127, 'channel')
+    """
+
+    name: str
+    bits: int = 8
+    granularity: IntGranularity = "tensor"
+    axis: int = -1
+    block_size: int = 32
+    percentile: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"IntFormat name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "bits", _check_int("IntFormat", "bits", self.bits, 2, 16))
+        if self.granularity not in ("tensor", "channel", "block"):
+            raise ValueError(f"IntFormat granularity must be 'tensor', 'channel' or 'block', "
+                             f"got {self.granularity!r}")
+        object.__setattr__(self, "axis", _check_int("IntFormat", "axis", self.axis, -64, 63))
+        object.__setattr__(self, "block_size",
+                           _check_int("IntFormat", "block_size", self.block_size, 1, 1 << 20))
+        if self.percentile is not None and not (
+                isinstance(self.percentile, int | float) and 0 < self.percentile <= 100):
+            raise ValueError(f"IntFormat percentile must be in (0, 100], got {self.percentile!r}")
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    @property
+    def precision(self) -> int:
+        """Bits of the largest magnitudes (a digits cap for CESTAC)."""
+        return self.bits - 1
+
+    @property
+    def bits_per_value(self) -> float:
+        """Element bits plus the block's float32 scale spread over the block."""
+        return self.bits + (32.0 / self.block_size if self.granularity == "block" else 0.0)
+
+    def is_subset_of(self, other: Format) -> bool:
+        return False
+
+    def fits_in(self, dtype) -> bool:
+        return np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+
+    def describe(self) -> str:
+        where = {"tensor": "per tensor", "channel": f"per channel (axis {self.axis})",
+                 "block": f"per block of {self.block_size} along axis {self.axis}"}
+        clip = f", scale from the {self.percentile} percentile" if self.percentile else ""
+        return (f"{self.name}: int{self.bits} symmetric [-{self.qmax}, {self.qmax}], absmax scale "
+                f"{where[self.granularity]}{clip}")
+
+    def to_dict(self) -> dict:
+        return _kind_dict(self, "int")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockScaledFormat:
+    """A block-scaled format: blocks of ``block_size`` consecutive elements along ``axis`` share
+    one scale; each element is stored in a narrow ``element`` format.
+
+    OCP Microscaling (MX) v1.0: E8M0 scales (a power of two, 2**-127 .. 2**127, with a NaN
+    encoding) ``2**(floor(log2(amax)) - emax_elem)``, elements rounded and saturated to the
+    element format's largest normal. NVFP4: E2M1 elements in blocks of 16 with an E4M3 scale
+    ``amax / 6`` under a per-tensor float32 scale (``tensor_scale=True``).
+
+    ``element`` names a :class:`FloatFormat` or is ``"int8"`` (MXINT8: two's complement with an
+    implicit scale of 2**-6, values in [-127/64, 127/64]).
+
+    Example:
+      >>> f = get_format("mxfp4")
+      >>> f.element, f.block_size, f.bits_per_value
+      ('fp4_e2m1', 32, 4.25)
+    """
+
+    name: str
+    element: str
+    block_size: int = 32
+    scale: str = "e8m0"
+    axis: int = -1
+    tensor_scale: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"BlockScaledFormat name must be a non-empty string, "
+                             f"got {self.name!r}")
+        if self.element != "int8":
+            element = get_format(self.element)
+            if not isinstance(element, FloatFormat) or element.total_bits > 8:
+                raise ValueError(f"BlockScaledFormat element must be 'int8' or a float format of "
+                                 f"at most 8 bits, got {self.element!r}")
+            object.__setattr__(self, "element", element.name)
+        if self.scale not in ("e8m0", "fp8_e4m3"):
+            raise ValueError(f"BlockScaledFormat scale must be 'e8m0' (OCP MX) or 'fp8_e4m3' "
+                             f"(NVFP4), got {self.scale!r}")
+        object.__setattr__(self, "block_size", _check_int(
+            "BlockScaledFormat", "block_size", self.block_size, 1, 1 << 20))
+        object.__setattr__(self, "axis", _check_int("BlockScaledFormat", "axis", self.axis,
+                                                    -64, 63))
+        if self.tensor_scale and self.scale != "fp8_e4m3":
+            raise ValueError("BlockScaledFormat tensor_scale needs scale='fp8_e4m3' (NVFP4)")
+
+    @property
+    def element_format(self) -> FloatFormat | None:
+        """The element :class:`FloatFormat` (None for MXINT8's integers)."""
+        return None if self.element == "int8" else get_format(self.element)
+
+    @property
+    def element_bits(self) -> int:
+        return 8 if self.element == "int8" else self.element_format.total_bits
+
+    @property
+    def element_emax(self) -> int:
+        """Exponent of the element format's largest binade (0 for MXINT8)."""
+        return 0 if self.element == "int8" else self.element_format.max_exponent
+
+    @property
+    def element_max(self) -> float:
+        """The element format's largest finite value (saturation bound)."""
+        return 127 / 64 if self.element == "int8" else self.element_format.max_finite
+
+    @property
+    def scale_bits(self) -> int:
+        return 8
+
+    @property
+    def precision(self) -> int:
+        return 7 if self.element == "int8" else self.element_format.precision
+
+    @property
+    def bits_per_value(self) -> float:
+        """Element bits plus the shared scale spread over the block (the per-tensor scale of
+        NVFP4 is not counted)."""
+        return self.element_bits + self.scale_bits / self.block_size
+
+    def is_subset_of(self, other: Format) -> bool:
+        return False
+
+    def fits_in(self, dtype) -> bool:
+        return np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+
+    def describe(self) -> str:
+        extra = " under a per-tensor fp32 scale" if self.tensor_scale else ""
+        return (f"{self.name}: {self.element} elements, blocks of {self.block_size} along axis "
+                f"{self.axis}, {self.scale} scale{extra} ({self.bits_per_value:g} bits/value)")
+
+    def to_dict(self) -> dict:
+        return _kind_dict(self, "block_scaled")
+
+
+Format = FloatFormat | PositFormat | IntFormat | BlockScaledFormat
+"""Any format of the registry: every kind has ``name``, ``precision``, ``bits_per_value``,
+``is_subset_of``, ``fits_in``, ``describe`` and ``to_dict``."""
 
 
 def _ieee(name: str, e: int, m: int) -> FloatFormat:
@@ -225,6 +493,7 @@ ALIASES: dict[str, str] = {
     "float6_e3m2fn": "fp6_e3m2", "e3m2": "fp6_e3m2",
     "float6_e2m3fn": "fp6_e2m3", "e2m3": "fp6_e2m3",
     "fp4": "fp4_e2m1", "float4_e2m1fn": "fp4_e2m1", "e2m1": "fp4_e2m1",
+    "mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e3m2", "mxfp4_e2m1": "mxfp4",
 }
 
 _CARRIERS = {
@@ -254,30 +523,44 @@ def carrier_format(dtype) -> FloatFormat:
     return _CARRIERS[dt]
 
 
-def get_format(fmt: str | FloatFormat | dict) -> FloatFormat:
-    """Returns the :class:`FloatFormat` for a name, an alias, a format, or a dict of fields.
+def get_format(fmt: str | Format | dict) -> Format:
+    """Returns the format for a name, an alias, a format, or a dict of fields.
 
-    Names are case-insensitive; ``"e<E>m<M>"`` (e.g. ``"e6m9"``) builds a custom IEEE-style
-    format with E exponent and M fraction bits.
+    Names are case-insensitive. Besides the registry :data:`FORMATS`: ``"e<E>m<M>"`` (e.g.
+    ``"e6m9"``) is a custom IEEE-style format with E exponent and M fraction bits;
+    ``"posit<N>"`` / ``"posit<N>_es<K>"`` a posit<N, K> (K = 2 by default); ``"int<B>"``,
+    ``"int<B>_channel"`` or ``"int<B>_block<S>"`` a symmetric B-bit integer format with a scale
+    per tensor, per channel (last axis) or per block of S. A dict is a format's ``to_dict()``:
+    fields of :class:`FloatFormat`, or ``kind`` = ``"posit"``, ``"int"``, ``"block_scaled"``
+    with the fields of that class.
 
     Example:
       >>> get_format("bf16").mantissa_bits
       7
       >>> get_format("e3m4").max_finite
       15.5
+      >>> get_format("posit16_es1").es, get_format("int4_block64").block_size
+      (1, 64)
 
     Raises:
       ValueError: for an unknown name, with the list of known ones.
     """
-    if isinstance(fmt, FloatFormat):
+    if isinstance(fmt, FloatFormat | PositFormat | IntFormat | BlockScaledFormat):
         return fmt
     if isinstance(fmt, dict):
+        fields = dict(fmt)
+        kinds = {"posit": PositFormat, "int": IntFormat, "block_scaled": BlockScaledFormat,
+                 "float": FloatFormat}
+        kind = fields.pop("kind", "float")
+        if kind not in kinds:
+            raise ValueError(f"format dict {fmt!r} has unknown kind {kind!r}; known: "
+                             f"{', '.join(kinds)}")
         try:
-            return FloatFormat(**fmt)
+            return kinds[kind](**fields)
         except TypeError as err:
             raise ValueError(f"format dict {fmt!r} has bad fields: {err}") from None
     if not isinstance(fmt, str):
-        raise ValueError(f"format must be a name, a FloatFormat or a dict, got {fmt!r}")
+        raise ValueError(f"format must be a name, a format object or a dict, got {fmt!r}")
     key = fmt.strip().lower()
     key = ALIASES.get(key, key)
     if key in FORMATS:
@@ -287,14 +570,47 @@ def get_format(fmt: str | FloatFormat | dict) -> FloatFormat:
         return custom
     raise ValueError(
         f"unknown format {fmt!r}; known: {', '.join(FORMATS)} (aliases: {', '.join(ALIASES)}), "
-        f"or 'e<E>m<M>' for a custom IEEE-style format"
+        f"or 'e<E>m<M>' (custom IEEE-style), 'posit<N>[_es<K>]', 'int<B>[_channel|_block<S>]'"
     )
 
 
-def _parse_custom(key: str) -> FloatFormat | None:
+def _parse_custom(key: str) -> Format | None:
     import re
 
     match = re.fullmatch(r"e(\d+)m(\d+)", key)
-    if match is None:
-        return None
-    return FloatFormat(key, int(match.group(1)), int(match.group(2)))
+    if match is not None:
+        return FloatFormat(key, int(match.group(1)), int(match.group(2)))
+    match = re.fullmatch(r"posit(\d+)(?:_es(\d+))?", key)
+    if match is not None:
+        es = 2 if match.group(2) is None else int(match.group(2))
+        return PositFormat(key, int(match.group(1)), es)
+    match = re.fullmatch(r"int(\d+)(?:_(channel)|_block(\d+))?", key)
+    if match is not None:
+        if match.group(2):
+            return IntFormat(key, int(match.group(1)), "channel")
+        if match.group(3):
+            return IntFormat(key, int(match.group(1)), "block", block_size=int(match.group(3)))
+        return IntFormat(key, int(match.group(1)))
+    return None
+
+
+FORMATS.update({
+    f.name: f
+    for f in (
+        # OCP Microscaling Formats (MX) v1.0: blocks of 32, E8M0 scales
+        BlockScaledFormat("mxfp8_e4m3", "fp8_e4m3"),
+        BlockScaledFormat("mxfp8_e5m2", "fp8_e5m2"),
+        BlockScaledFormat("mxfp6_e3m2", "fp6_e3m2"),
+        BlockScaledFormat("mxfp6_e2m3", "fp6_e2m3"),
+        BlockScaledFormat("mxfp4", "fp4_e2m1"),
+        BlockScaledFormat("mxint8", "int8"),
+        # NVIDIA NVFP4: blocks of 16, E4M3 block scales under a float32 tensor scale
+        BlockScaledFormat("nvfp4", "fp4_e2m1", block_size=16, scale="fp8_e4m3",
+                          tensor_scale=True),
+        IntFormat("int8", 8),
+        IntFormat("int4", 4),
+        PositFormat("posit8", 8, 2),
+        PositFormat("posit16", 16, 2),
+        PositFormat("posit32", 32, 2),
+    )
+})

@@ -18,11 +18,15 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dp2ejax.arith.formats import FORMATS, FloatFormat, get_format
+from dp2ejax.arith.formats import Format, get_format
 from dp2ejax.arith.random_bits import RANDOM_BIT_GENERATORS
 from dp2ejax.arith.rounding import check_mode
 
 OP_KINDS: tuple[str, ...] = ("matmul_inputs", "matmul_accumulation", "elementwise", "reduction")
+OPERAND_KINDS: tuple[str, ...] = ("matmul_lhs", "matmul_rhs")
+"""Finer kinds a rule may name instead of ``matmul_inputs``: only the left (``x`` in ``x @ w``,
+a Flax ``Dense``'s activations) or the right operand (``w``, the kernel) of a matmul. A rule for
+``matmul_inputs`` applies to both."""
 """Operation kinds a rule can target:
 
 - ``matmul_inputs``: the operands of ``dot_general`` and convolutions, rounded before the
@@ -45,7 +49,12 @@ class Accumulation:
     ``block_size=None`` is ``exact``: the sum is computed in the carrier (float32/float64) and
     rounded once. ``block_size=k`` is ``blocked(k)``: each run of k products is summed in the
     carrier, then added to the running sum, which is rounded after every addition; ``blocked(1)``
-    is ``sequential`` (round after every addition, as a scalar loop does).
+    is ``sequential`` (round after every addition, as a scalar loop does). ``quire=True`` is
+    ``quire``, the posit standard's exact dot product: every product and the running sum are
+    kept in double-double (twice the carrier's precision, with error-free transformations), and
+    the sum is rounded once, correctly (round-to-odd of the double-double first). It is exact
+    unless the sum cancels by more than the carrier's precision (double-double keeps about 106
+    bits in float64; a hardware quire is a wider fixed-point register).
 
     Example:
       >>> Accumulation.parse("blocked(32)").block_size
@@ -55,8 +64,11 @@ class Accumulation:
     """
 
     block_size: int | None = None
+    quire: bool = False
 
     def __post_init__(self):
+        if self.quire and self.block_size is not None:
+            raise ValueError("accumulation cannot be both a quire and blocked")
         if self.block_size is not None and (
             not isinstance(self.block_size, int) or self.block_size < 1
         ):
@@ -71,6 +83,8 @@ class Accumulation:
             return spec
         if spec is None or spec == "exact":
             return cls(None)
+        if spec == "quire":
+            return cls(None, quire=True)
         if spec == "sequential":
             return cls(1)
         if isinstance(spec, int) and not isinstance(spec, bool):
@@ -80,11 +94,13 @@ class Accumulation:
             if match:
                 return cls(int(match.group(1) or match.group(2)))
         raise ValueError(
-            f"unknown accumulation {spec!r}; expected 'exact', 'sequential' or 'blocked(k)' "
-            f"with k a positive int"
+            f"unknown accumulation {spec!r}; expected 'exact', 'quire', 'sequential' or "
+            f"'blocked(k)' with k a positive int"
         )
 
     def __str__(self) -> str:
+        if self.quire:
+            return "quire"
         if self.block_size is None:
             return "exact"
         if self.block_size == 1:
@@ -97,7 +113,8 @@ class Rule:
     """One line of a policy: operations matching ``path`` and ``kinds`` use ``format``/``mode``.
 
     Attributes:
-      format: a :class:`FloatFormat`, a format name, or ``"native"`` (do not round).
+      format: a format (float, posit, integer or block-scaled), a format name, or
+        ``"native"`` (do not round).
       mode: rounding mode (see :func:`dp2ejax.round_to`).
       path: an ``fnmatch`` pattern over module paths. It matches a path if it matches the whole
         path or any run of consecutive components of it: ``"Dense_1"`` matches ``"MLP/Dense_1"``
@@ -111,7 +128,7 @@ class Rule:
       'fp16'
     """
 
-    format: FloatFormat | None
+    format: Format | None
     mode: str = "nearest"
     path: str = "*"
     kinds: tuple[str, ...] = OP_KINDS
@@ -125,23 +142,25 @@ class Rule:
         if not isinstance(self.path, str) or not self.path:
             raise ValueError(f"rule path must be a non-empty pattern string, got {self.path!r}")
         kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
-        unknown = [k for k in kinds if k not in OP_KINDS]
+        unknown = [k for k in kinds if k not in OP_KINDS + OPERAND_KINDS]
         if unknown or not kinds:
             raise ValueError(
-                f"rule kinds must be a non-empty subset of {OP_KINDS}, got {self.kinds!r}"
+                f"rule kinds must be a non-empty subset of {OP_KINDS + OPERAND_KINDS}, got "
+                f"{self.kinds!r}"
             )
         object.__setattr__(self, "kinds", kinds)
         object.__setattr__(self, "accumulation", Accumulation.parse(self.accumulation))
 
     def matches(self, path: str, kind: str) -> bool:
         """Whether this rule applies to an operation of ``kind`` at module ``path``."""
-        return kind in self.kinds and _path_matches(self.path, path)
+        applies = kind in self.kinds or (kind in OPERAND_KINDS and "matmul_inputs" in self.kinds)
+        return applies and _path_matches(self.path, path)
 
     def to_dict(self) -> dict[str, Any]:
         fmt = self.format
         if fmt is None:
             fmt_out: Any = NATIVE
-        elif FORMATS.get(fmt.name) == fmt:
+        elif _named(fmt):
             fmt_out = fmt.name
         else:
             fmt_out = fmt.to_dict()
@@ -165,6 +184,14 @@ class Rule:
             return cls(**data)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+
+
+def _named(fmt: Format) -> bool:
+    """Whether ``fmt``'s name alone gives it back (registry names, ``e5m7``, ``posit16_es1``…)."""
+    try:
+        return get_format(fmt.name) == fmt
+    except ValueError:
+        return False
 
 
 @functools.lru_cache(maxsize=4096)
@@ -223,7 +250,7 @@ class PrecisionPolicy:
     @classmethod
     def uniform(
         cls,
-        fmt: str | FloatFormat,
+        fmt: str | Format,
         mode: str = "nearest",
         accumulation: str | Accumulation = "exact",
         *,
@@ -239,16 +266,17 @@ class PrecisionPolicy:
 
     def resolve(self, path: str, kind: str) -> Rule:
         """The rule for an operation of ``kind`` (one of :data:`OP_KINDS`) at module ``path``."""
-        if kind not in OP_KINDS:
-            raise ValueError(f"unknown operation kind {kind!r}; known: {OP_KINDS}")
+        if kind not in OP_KINDS + OPERAND_KINDS:
+            raise ValueError(
+                f"unknown operation kind {kind!r}; known: {OP_KINDS + OPERAND_KINDS}")
         for rule in self.rules:
             if rule.matches(path, kind):
                 return rule
         return self.default
 
-    def formats(self) -> tuple[FloatFormat, ...]:
+    def formats(self) -> tuple[Format, ...]:
         """Every format the policy names (default first), without repeats."""
-        seen: dict[FloatFormat, None] = {}
+        seen: dict[Format, None] = {}
         for rule in (self.default, *self.rules):
             if rule.format is not None:
                 seen.setdefault(rule.format)

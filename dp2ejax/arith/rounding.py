@@ -19,7 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dp2ejax.arith.formats import FloatFormat, carrier_format, get_format
+from dp2ejax.arith.formats import (
+    BlockScaledFormat,
+    FloatFormat,
+    Format,
+    IntFormat,
+    PositFormat,
+    carrier_format,
+    get_format,
+)
 from dp2ejax.arith.random_bits import RandomBitGenerator, random_bits
 
 RoundingMode = Literal["nearest", "toward_zero", "up", "down", "stochastic", "random"]
@@ -39,19 +47,22 @@ def check_mode(mode: str) -> str:
 
 def round_to(
     x,
-    fmt: str | FloatFormat,
+    fmt: str | Format,
     mode: RoundingMode = "nearest",
     key: jax.Array | None = None,
     *,
     saturate: bool = False,
     rng: RandomBitGenerator = "hash",
+    axis: int | None = None,
 ) -> jax.Array:
     """Rounds ``x`` to the values representable in ``fmt``; the result keeps ``x``'s dtype.
 
     Args:
       x: float64, float32, float16 or bfloat16 array (the carrier), any shape.
-      fmt: a format name (``"bf16"``, ``"fp8_e4m3"``, ``"e6m9"``…) or a :class:`FloatFormat`;
-        it must fit in ``x``'s dtype.
+      fmt: a format name (``"bf16"``, ``"fp8_e4m3"``, ``"e6m9"``, ``"mxfp4"``, ``"nvfp4"``,
+        ``"int8_channel"``, ``"posit16"``…) or a format object; it must fit in ``x``'s dtype.
+        Block-scaled (MX, NVFP4) and integer formats return the dequantized values (fake
+        quantisation); posits saturate at minpos/maxpos and turn NaN and infinities into NaN.
       mode: ``"nearest"`` (ties to even), ``"toward_zero"``, ``"up"`` (toward +inf), ``"down"``
         (toward -inf), ``"stochastic"`` (up with probability equal to the distance to the lower
         neighbour in units of the gap: unbiased) or ``"random"`` (CESTAC: either neighbour with
@@ -62,6 +73,8 @@ def round_to(
       rng: where the random bits of the random modes come from: ``"hash"`` (a fast
         counter-based hash seeded from ``key``) or ``"jax"`` (``jax.random.bits``); see
         :func:`dp2ejax.arith.random_bits`.
+      axis: for block-scaled and per-channel/per-block integer formats, the axis of the blocks
+        (channels); default the format's own ``axis`` (the last).
 
     Returns:
       An array like ``x`` whose values all belong to ``fmt``. NaN stays NaN, also in formats
@@ -84,21 +97,38 @@ def round_to(
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array, got dtype {x.dtype}")
     carrier = carrier_format(x.dtype)
+    if axis is not None:
+        if isinstance(fmt, FloatFormat | PositFormat):
+            raise ValueError(f"axis applies to block-scaled and integer formats, not to "
+                             f"{fmt.name!r}")
+        if not isinstance(axis, int) or not -x.ndim <= axis < max(x.ndim, 1):
+            raise ValueError(f"axis must be an int in [-{x.ndim}, {x.ndim}) for x of shape "
+                             f"{x.shape}, got {axis!r}")
+    if not isinstance(fmt, FloatFormat):
+        if not fmt.fits_in(x.dtype):
+            raise ValueError(
+                f"format {fmt.name!r} needs x in a wider dtype than {x.dtype}: pass float32 or "
+                f"float64 (float64 needs jax.config.update('jax_enable_x64', True))")
+        bits = _random_bits_for(mode, key, x, rng)
+        return _round_straight_through(x, bits, fmt, mode, saturate, axis)
     if not fmt.fits_in(x.dtype):
         raise ValueError(
             f"format {fmt.name!r} (e{fmt.exponent_bits}m{fmt.mantissa_bits}) is wider than x's "
             f"dtype {x.dtype} ({carrier.name}); pass x in a wider dtype (float64 needs "
             f"jax.config.update('jax_enable_x64', True))"
         )
-    if mode in RANDOM_MODES:
-        if key is None:
-            raise ValueError(f"rounding mode {mode!r} needs a PRNG key: pass key=")
-        bits = random_bits(key, x.shape, x.dtype, rng)
-    else:
-        bits = None
+    bits = _random_bits_for(mode, key, x, rng)
     if carrier.is_subset_of(fmt) and not saturate:
         return x
-    return _round_straight_through(x, bits, fmt, mode, saturate)
+    return _round_straight_through(x, bits, fmt, mode, saturate, None)
+
+
+def _random_bits_for(mode: str, key, x, rng):
+    if mode not in RANDOM_MODES:
+        return None
+    if key is None:
+        raise ValueError(f"rounding mode {mode!r} needs a PRNG key: pass key=")
+    return random_bits(key, x.shape, x.dtype, rng)
 
 
 def _fast_nearest_applies(carrier: FloatFormat, fmt: FloatFormat) -> bool:
@@ -112,16 +142,38 @@ def _fast_nearest_applies(carrier: FloatFormat, fmt: FloatFormat) -> bool:
             and inverse_quantum <= carrier.max_exponent)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _round_straight_through(x, random_bits, fmt, mode, saturate):
-    return round_bits(x, fmt, mode, random_bits, saturate=saturate)
+def round_kernel(x: jax.Array, fmt: Format, mode: str, random_bits: jax.Array | None = None,
+                 *, saturate: bool = False, axis: int | None = None) -> jax.Array:
+    """The rounding kernel of :func:`round_to` for every kind of format, without checks or
+    gradient rule (``saturate`` concerns float formats, ``axis`` block-scaled and integer
+    ones)."""
+    if isinstance(fmt, FloatFormat):
+        return round_bits(x, fmt, mode, random_bits, saturate=saturate)
+    if isinstance(fmt, PositFormat):
+        from dp2ejax.arith.posit import round_posit
+
+        return round_posit(x, fmt, mode, random_bits)
+    if isinstance(fmt, BlockScaledFormat):
+        from dp2ejax.arith.blockscaled import round_block_scaled
+
+        return round_block_scaled(x, fmt, mode, random_bits, axis=axis)
+    if isinstance(fmt, IntFormat):
+        from dp2ejax.arith.integer import round_int
+
+        return round_int(x, fmt, mode, random_bits, axis=axis)
+    raise ValueError(f"not a format: {fmt!r}")
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _round_straight_through(x, random_bits, fmt, mode, saturate, axis=None):
+    return round_kernel(x, fmt, mode, random_bits, saturate=saturate, axis=axis)
 
 
 @_round_straight_through.defjvp
-def _round_straight_through_jvp(fmt, mode, saturate, primals, tangents):
+def _round_straight_through_jvp(fmt, mode, saturate, axis, primals, tangents):
     x, random_bits = primals
     x_dot, _ = tangents
-    return _round_straight_through(x, random_bits, fmt, mode, saturate), x_dot
+    return _round_straight_through(x, random_bits, fmt, mode, saturate, axis), x_dot
 
 
 def round_bits(

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dp2ejax.arith.emulate import run_emulated
-from dp2ejax.arith.formats import FloatFormat, get_format
+from dp2ejax.arith.formats import Format, get_format
 from dp2ejax.arith.policy import PrecisionPolicy, Rule
 from dp2ejax.cestac.digits import (
     computational_zero,
@@ -131,7 +131,7 @@ class CestacResult:
         return "\n".join(lines)
 
 
-def _carrier_dtype(fmt: FloatFormat):
+def _carrier_dtype(fmt: Format):
     """float64 whenever JAX has it (exact random rounding for every format below fp64);
     float32 otherwise, for formats that fit it."""
     if jax.config.jax_enable_x64:
@@ -148,7 +148,7 @@ def _carrier_dtype(fmt: FloatFormat):
 def analyze(
     fn: Callable,
     *args,
-    fmt: str | FloatFormat = "fp64",
+    fmt: str | Format = "fp64",
     samples: int = 3,
     key: jax.Array | None = None,
     policy: PrecisionPolicy | None = None,
@@ -229,7 +229,7 @@ def analyze(
     )
 
 
-def _random_policy(policy: PrecisionPolicy | None, fmt: FloatFormat) -> PrecisionPolicy:
+def _random_policy(policy: PrecisionPolicy | None, fmt: Format) -> PrecisionPolicy:
     if policy is None:
         return PrecisionPolicy.uniform(fmt, "random")
     if not isinstance(policy, PrecisionPolicy):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dp2ejax.arith import ALIASES, FORMATS, FloatFormat, carrier_format, get_format
+from dp2ejax.arith.formats import BlockScaledFormat, IntFormat, PositFormat
 
 # (format, reference dtype) for every format that numpy or ml_dtypes implements.
 FINFO_PAIRS = [
@@ -55,9 +56,22 @@ def test_registry_holds_the_documented_formats():
         "fp6_e3m2",
         "fp6_e2m3",
         "fp4_e2m1",
+        "mxfp8_e4m3",
+        "mxfp8_e5m2",
+        "mxfp6_e3m2",
+        "mxfp6_e2m3",
+        "mxfp4",
+        "mxint8",
+        "nvfp4",
+        "int8",
+        "int4",
+        "posit8",
+        "posit16",
+        "posit32",
     ]
     for name, fmt in FORMATS.items():
         assert fmt.name == name
+        assert get_format(fmt.to_dict()) == fmt
 
 
 @pytest.mark.parametrize(
@@ -343,8 +357,48 @@ def test_is_subset_of_subnormal_cases():
     assert nosub.is_subset_of(FORMATS["fp8_e5m2"])
     assert not FORMATS["fp8_e5m2"].is_subset_of(nosub)  # e5m2 subnormals are missing
     for fmt in FORMATS.values():
-        assert fmt.is_subset_of(fmt)
-        assert fmt.is_subset_of(FORMATS["fp64"])
+        if isinstance(fmt, FloatFormat | PositFormat):
+            assert fmt.is_subset_of(fmt)
+            assert fmt.is_subset_of(FORMATS["fp64"])
+        else:  # values depend on data-dependent scales: never a fixed subset
+            assert not fmt.is_subset_of(fmt)
+            assert not fmt.is_subset_of(FORMATS["fp64"])
+
+
+def test_posit_subsets():
+    p8, p16, p32 = (FORMATS[f"posit{n}"] for n in (8, 16, 32))
+    assert p8.is_subset_of(p16) and p16.is_subset_of(p32) and not p32.is_subset_of(p16)
+    assert not p16.is_subset_of(get_format("posit32_es1"))  # a different es: other values
+    assert p16.is_subset_of(FORMATS["fp32"])  # 11 fraction bits, 2**±56
+    assert not p16.is_subset_of(FORMATS["fp16"]) and not p32.is_subset_of(FORMATS["fp32"])
+    assert p16.maxpos == 2.0**56 and p16.minpos == 2.0**-56 and p32.max_fraction_bits == 27
+
+
+def test_other_format_kinds_by_name_and_dict():
+    assert get_format("posit16_es1") == PositFormat("posit16_es1", 16, 1)
+    assert get_format("int4_block64") == IntFormat("int4_block64", 4, "block", block_size=64)
+    assert get_format("INT8_channel").granularity == "channel"
+    assert get_format("mxfp8") is FORMATS["mxfp8_e4m3"]
+    custom = BlockScaledFormat("mxfp6_b16", "fp6_e2m3", block_size=16, axis=0)
+    assert get_format(custom.to_dict()) == custom
+    assert custom.bits_per_value == 6.5 and FORMATS["nvfp4"].bits_per_value == 4.5
+    assert FORMATS["mxfp4"].element_max == 6.0 and FORMATS["mxfp4"].element_emax == 2
+    assert FORMATS["mxint8"].element_max == 127 / 64
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"kind": "posit", "name": "p", "nbits": 2}, "nbits must be an int in 3..64"),
+    ({"kind": "posit", "nbits": 8}, "missing 1 required positional argument: .name."),
+    ({"kind": "int", "name": "i", "bits": 17}, "bits must be an int in 2..16"),
+    ({"kind": "int", "name": "i", "granularity": "row"}, "granularity must be"),
+    ({"kind": "block_scaled", "name": "b", "element": "fp16"}, "element must be 'int8' or"),
+    ({"kind": "block_scaled", "name": "b", "element": "fp4", "scale": "e5m2"}, "scale must be"),
+    ({"kind": "tensor"}, "unknown kind 'tensor'"),
+    ("posit", "unknown format 'posit'"),
+])
+def test_bad_format_specs_are_named(bad, message):
+    with pytest.raises(ValueError, match=message):
+        get_format(bad)
 
 
 # Formats whose whole value set numpy/ml_dtypes can enumerate (at most 16 bits).
