@@ -104,6 +104,12 @@ def round_to(
         if not isinstance(axis, int) or not -x.ndim <= axis < max(x.ndim, 1):
             raise ValueError(f"axis must be an int in [-{x.ndim}, {x.ndim}) for x of shape "
                              f"{x.shape}, got {axis!r}")
+    if isinstance(fmt, PositFormat):
+        from dp2ejax.arith.posit import check_carrier
+
+        check_carrier(fmt, x.dtype)  # the range must fit; posit32 rounds float32 inputs exactly
+        bits = _random_bits_for(mode, key, x, rng)
+        return _round_straight_through(x, bits, fmt, mode, saturate, None)
     if not isinstance(fmt, FloatFormat):
         if not fmt.fits_in(x.dtype):
             raise ValueError(
