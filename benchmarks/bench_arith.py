@@ -492,6 +492,115 @@ def bench_emulate(reps: int, seed: int, quick: bool) -> dict | str:
     }
 
 
+# --- posit benchmark ---------------------------------------------------------------------------
+
+TARGET_POSIT_VS_UNIVERSAL = 20.0  # round_posit posit16 at least 20x faster than universal-dtypes
+
+
+def bench_posit(size: int, reps: int, seed: int) -> dict:
+    """posit16 ``round_posit`` (jitted, nearest) against a universal-dtypes cast round trip
+    (float32 -> posit16 -> float32 through NumPy) on standard normal float32 values. Universal
+    takes ~1 s per 2**22 values, so at most 5 repetitions."""
+    import warnings
+
+    from dp2ejax.arith.posit import round_posit
+
+    try:
+        import universal_dtypes
+    except ImportError as err:
+        return {"error": f"universal-dtypes not installed ({err}): pip install -e '.[test]'",
+                "target": {"target": "round_posit posit16 >= 20x faster than universal-dtypes",
+                           "passed": False}}
+    fmt = get_format("posit16")
+    x_host = np.random.default_rng(seed).standard_normal(size).astype(np.float32)
+    x = jax.device_put(x_host)
+    ours = jax.jit(lambda v: round_posit(v, fmt))
+
+    def universal(rep):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return x_host.astype(universal_dtypes.posit16).astype(np.float32)
+
+    timings = time_interleaved({"round_posit": lambda rep: ours(x), "universal_dtypes": universal},
+                               min(reps, 5))
+    add_throughput(timings, size)
+    speedup = timings["universal_dtypes"]["median_s"] / timings["round_posit"]["median_s"]
+    return {
+        "input": f"standard normal, float32, seed {seed}",
+        "round_posit_bitwise_equal_universal": bitwise_equal(ours(x), universal(0)),
+        "timings": timings,
+        "speedup_best": timings["universal_dtypes"]["min_s"] / timings["round_posit"]["min_s"],
+        "target": {
+            "target": "round_posit posit16 nearest >= 20x faster than universal-dtypes cast",
+            "speedup": speedup,
+            "threshold": TARGET_POSIT_VS_UNIVERSAL,
+            "passed": speedup >= TARGET_POSIT_VS_UNIVERSAL,
+        },
+    }
+
+
+# --- block-scaled (MX) benchmark ---------------------------------------------------------------
+
+TARGET_MX_VS_FP8 = 2.0  # round_block_scaled (MX) time <= 2 x round_to(x, "fp8_e4m3") time
+PYCHOP_MX_SIZE = 2**14  # pychop's MX quantizer loops in Python: timed on this many values
+
+
+def bench_block_scaled(size: int, reps: int, seed: int, pychop) -> dict:
+    """mxfp8_e4m3 and mxfp4 ``round_block_scaled`` (jitted, nearest, blocks of 32 along the
+    last axis) against plain ``round_to(x, "fp8_e4m3")`` on the same standard normal x 64
+    float32 values, and pychop's MX quantizer ``pychop.mx_quantize`` (NumPy backend: a Python
+    loop over blocks and elements; its JAX backend wraps the same NumPy code), timed on
+    ``PYCHOP_MX_SIZE`` values and scaled linearly to ``size``."""
+    from dp2ejax.arith.blockscaled import round_block_scaled
+
+    names = {"mxfp8_e4m3": "mxfp8_e4m3", "mxfp4": "mxfp4_e2m1"}  # ours -> pychop's
+    x_host = (np.random.default_rng(seed).standard_normal(size) * 64).astype(np.float32)
+    x = jnp.asarray(x_host)
+    fp8 = jax.jit(lambda v: round_to(v, "fp8_e4m3"))
+    ours = {name: jax.jit(lambda v, name=name: round_block_scaled(v, name)) for name in names}
+    contenders = {"round_to_fp8_e4m3": lambda rep: fp8(x)}
+    for name, call in ours.items():
+        contenders[f"round_block_scaled_{name}"] = lambda rep, call=call: call(x)
+    timings = time_interleaved(contenders, reps)
+    add_throughput(timings, size)
+    results: dict = {"input": f"{size} standard normal float32 values x 64", "timings": timings}
+    targets = []
+    for name in names:
+        ratio = (timings[f"round_block_scaled_{name}"]["median_s"]
+                 / timings["round_to_fp8_e4m3"]["median_s"])
+        results[f"{name}_over_round_to_fp8_e4m3"] = ratio
+        targets.append({"target": "round_block_scaled (MX) time <= 2 x round_to fp8_e4m3",
+                        "format": name, "ratio": ratio, "threshold": TARGET_MX_VS_FP8,
+                        "passed": ratio <= TARGET_MX_VS_FP8})
+    if pychop is None:
+        results["pychop"] = "pychop not installed"
+        return {"results": results, "targets": targets}
+    n = min(size, PYCHOP_MX_SIZE)
+    sub = x_host[:n]
+    results["pychop"] = {"values_timed": n, "note": "pychop.mx_quantize(backend='numpy'); time "
+                         "per call scaled by size / values_timed"}
+    for name, pychop_name in names.items():
+        reference = np.asarray(ours[name](jnp.asarray(sub)))
+        seconds = []
+        for _ in range(min(reps, 3)):
+            start = time.perf_counter()
+            theirs = pychop.mx_quantize(sub, format=pychop_name, backend="numpy")
+            seconds.append(time.perf_counter() - start)
+        scaled = statistics.median(seconds) * size / n
+        results["pychop"][name] = {
+            "median_s_at_values_timed": statistics.median(seconds),
+            "median_s_scaled_to_size": scaled,
+            "slowdown_vs_round_block_scaled":
+                scaled / timings[f"round_block_scaled_{name}"]["median_s"],
+            "share_bitwise_equal_round_block_scaled": float(np.mean(
+                np.asarray(theirs, np.float32).view(np.uint32) == reference.view(np.uint32))),
+            # pychop returns +0 where a negative value rounds to zero
+            "share_equal_in_value_round_block_scaled": float(np.mean(
+                np.asarray(theirs, np.float32) == reference)),
+        }
+    return {"results": results, "targets": targets}
+
+
 # --- metadata and main -------------------------------------------------------------------------
 
 
@@ -585,6 +694,10 @@ def main(argv: list[str] | None = None) -> dict:
     targets = rounding_targets(rounding)
     if isinstance(result["emulate"], dict):
         targets.append(result["emulate"]["target"])
+    result["posit"] = bench_posit(args.size, args.reps, args.seed)
+    targets.append(result["posit"]["target"])
+    result["block_scaled"] = bench_block_scaled(args.size, args.reps, args.seed, pychop)
+    targets.extend(result["block_scaled"]["targets"])
     result["targets"] = targets
     result["all_targets_passed"] = all(t["passed"] for t in targets)
 

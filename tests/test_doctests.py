@@ -12,6 +12,7 @@ MODULES = [
     "dp2ejax.arith.policy",
     "dp2ejax.arith.emulate",
     "dp2ejax.arith.posit",
+    "dp2ejax.arith.blockscaled",
     "dp2ejax.cestac.digits",
     "dp2ejax.cestac.analyze",
     "dp2ejax.cestac.layers",
