@@ -16,9 +16,12 @@ from dp2ejax.arith import (
     IntFormat,
     PositFormat,
     PrecisionPolicy,
+    QuantizedArray,
     Rule,
+    dequantize,
     emulate,
     get_format,
+    quantize,
     round_to,
 )
 
@@ -34,8 +37,11 @@ __all__ = [
     "IntFormat",
     "PositFormat",
     "PrecisionPolicy",
+    "QuantizedArray",
     "Rule",
+    "dequantize",
     "emulate",
     "get_format",
+    "quantize",
     "round_to",
 ]

@@ -13,7 +13,7 @@ import flax.linen as nn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dp2ejax import FORMATS, PrecisionPolicy, Rule, cestac, emulate, round_to  # noqa: E402
+from dp2ejax import FORMATS, FloatFormat, PrecisionPolicy, Rule, cestac, emulate, round_to  # noqa: E402
 
 
 class _MLP(nn.Module):
@@ -29,12 +29,16 @@ class _MLP(nn.Module):
 def _formats_table() -> str:
     lines = [f"{'format':<10} {'bits':>4} {'max':>12} {'min normal':>12} {'min subnormal':>14} "
              f"{'eps':>10}  overflow"]
+    others = []
     for fmt in FORMATS.values():
+        if not isinstance(fmt, FloatFormat):
+            others.append(f"  {fmt.describe()}")
+            continue
         lines.append(
             f"{fmt.name:<10} {fmt.total_bits:>4} {fmt.max_finite:>12.5g} {fmt.min_normal:>12.5g} "
             f"{fmt.min_subnormal:>14.5g} {fmt.epsilon:>10.3g}  {fmt.overflow}"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, "Block-scaled, integer and posit formats:", *others])
 
 
 def _rounding_modes() -> str:
@@ -69,6 +73,13 @@ def _emulated_mlp() -> str:
             default="fp32", rules=[Rule("bf16", kinds=("matmul_inputs",))]),
         "fp16 on Dense_1": PrecisionPolicy(default="fp32", rules=[Rule("fp16", path="Dense_1")]),
         "fp8_e4m3 stoch.": PrecisionPolicy.uniform("fp8_e4m3", "stochastic"),
+        "mxfp4 w, mxfp8 x": PrecisionPolicy(default="fp32", rules=[
+            Rule("mxfp4", kinds=("matmul_rhs",)), Rule("mxfp8_e4m3", kinds=("matmul_lhs",))]),
+        "nvfp4 matmuls": PrecisionPolicy(default="fp32", rules=[
+            Rule("nvfp4", kinds=("matmul_inputs",))]),
+        "int8 matmuls": PrecisionPolicy(default="fp32", rules=[
+            Rule("int8_channel", kinds=("matmul_inputs",))]),
+        "posit16, quire": PrecisionPolicy.uniform("posit16", accumulation="quire"),
     }
     lines = [f"{'policy':<20} {'max rel. error vs fp64':>24}"]
     scale = float(jnp.max(jnp.abs(reference)))
@@ -95,9 +106,9 @@ def _cestac() -> str:
     x = jax.random.normal(jax.random.key(2), (64, 16), jnp.float64)
     variables = model.init(jax.random.key(3), x)
     lines.append(f"{'layer':<10} " + " ".join(f"{f + ' min/med':>16}" for f in
-                                               ("fp64", "fp32", "bf16", "fp8_e4m3")))
+                                               ("fp64", "fp32", "bf16", "posit16", "fp8_e4m3")))
     per_format = {f: cestac.analyze_layers(model, variables, x, fmt=f)[0]
-                  for f in ("fp64", "fp32", "bf16", "fp8_e4m3")}
+                  for f in ("fp64", "fp32", "bf16", "posit16", "fp8_e4m3")}
     for i, layer in enumerate(per_format["fp64"]):
         cells = [f"{per_format[f][i].digits_min:>7.1f}/{per_format[f][i].digits_median:<8.1f}"
                  for f in per_format]

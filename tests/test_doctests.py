@@ -13,6 +13,7 @@ MODULES = [
     "dp2ejax.arith.emulate",
     "dp2ejax.arith.posit",
     "dp2ejax.arith.blockscaled",
+    "dp2ejax.arith.integer",
     "dp2ejax.cestac.digits",
     "dp2ejax.cestac.analyze",
     "dp2ejax.cestac.layers",

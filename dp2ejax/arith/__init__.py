@@ -1,6 +1,7 @@
 """The arithmetic core: floating-point formats, bit-exact rounding, precision policies and the
 ``emulate`` transformation that rounds every operation of a JAX function."""
 
+from dp2ejax.arith.blockscaled import QuantizedArray, dequantize, quantize, round_block_scaled
 from dp2ejax.arith.emulate import emulate, module_path
 from dp2ejax.arith.formats import (
     ALIASES,
@@ -34,6 +35,7 @@ __all__ = [
     "RANDOM_MODES",
     "ROUNDING_MODES",
     "Accumulation",
+    "QuantizedArray",
     "BlockScaledFormat",
     "FloatFormat",
     "Format",
@@ -42,9 +44,12 @@ __all__ = [
     "PrecisionPolicy",
     "Rule",
     "carrier_format",
+    "dequantize",
     "emulate",
     "get_format",
     "module_path",
+    "quantize",
+    "round_block_scaled",
     "random_bits",
     "round_bits",
     "round_kernel",

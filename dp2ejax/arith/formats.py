@@ -298,9 +298,10 @@ IntGranularity = Literal["tensor", "channel", "block"]
 @dataclasses.dataclass(frozen=True)
 class IntFormat:
     """Symmetric signed integers of ``bits`` bits with absmax scales: a value x becomes
-    ``scale * clip(round(x / scale), -qmax, qmax)`` with ``qmax = 2**(bits-1) - 1`` and
-    ``scale = absmax / qmax`` taken per tensor, per channel (every index along ``axis`` has its
-    own scale) or per block of ``block_size`` consecutive elements along ``axis``.
+    ``scale * clip(round(x * (1 / scale)), -qmax, qmax)`` with ``qmax = 2**(bits-1) - 1`` and
+    ``scale = absmax * (1 / qmax)`` (PyTorch's fake-quantize arithmetic) taken per tensor, per
+    channel (every index along ``axis`` has its own scale) or per block of ``block_size``
+    consecutive elements along ``axis``.
     ``percentile`` (e.g. 99.9) replaces the absmax by that percentile of |x| (calibration that
     clips outliers). Matmuls of integer operands accumulate exactly in int32 and rescale once.
 
