@@ -2,5 +2,25 @@
 computes only those blocks."""
 
 from dp2ejax.attention.mask import BlockMask
+from dp2ejax.attention.patterns import (
+    bigbird,
+    causal,
+    dilated,
+    document,
+    global_tokens,
+    local,
+    per_head,
+    strided,
+)
 
-__all__ = ["BlockMask"]
+__all__ = [
+    "BlockMask",
+    "bigbird",
+    "causal",
+    "dilated",
+    "document",
+    "global_tokens",
+    "local",
+    "per_head",
+    "strided",
+]

@@ -147,7 +147,7 @@ class BlockMask:
     def density(self) -> float:
         """Kept elements over all elements (partial blocks count their kept elements)."""
         counts = np.concatenate([[0, self.block_q * self.block_kv],
-                                 self.partial_masks.reshape(len(self.partial_masks), -1).sum(1)])
+                                 self.partial_masks.sum((1, 2))])
         kept = counts[np.where(self.layout, self.partial_ids + 2, 0)].sum()
         return float(kept) / (self.layout.shape[0] * self.layout.shape[1] * self.q_len
                               * self.kv_len)
@@ -156,6 +156,27 @@ class BlockMask:
     def block_density(self) -> float:
         """Kept blocks over all blocks: the share of the score matrix the kernel computes."""
         return float(self.layout.mean())
+
+    @property
+    def empty_rows(self) -> np.ndarray:
+        """``bool[mb, mh, q_len]``: query rows that keep no key.
+
+        Such rows are legal (a causal mask with a negative offset, a document whose segment is
+        missing from the keys): attention over no key gives a zero output row. The pattern
+        constructors do not reject them; check ``mask.empty_rows.any()`` where a model must not
+        have any. Computed block-wise, without the dense mask.
+
+        Example:
+          >>> import numpy as np
+          >>> m = BlockMask.from_dense(np.tril(np.ones((4, 4), bool), -1), block_size=2)
+          >>> m.empty_rows[0, 0].tolist()
+          [True, False, False, False]
+        """
+        rows = np.concatenate([np.zeros((1, self.block_q), bool), np.ones((1, self.block_q), bool),
+                               self.partial_masks.any(-1)])
+        kept = rows[self._codes()].any(axis=3)  # [mb, mh, q_blocks, block_q]
+        mb, mh = self.shape[:2]
+        return ~kept.reshape(mb, mh, self.q_len)
 
     def compact(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The kernel's form: for each query block, its kept key blocks in increasing order.
