@@ -14,6 +14,7 @@ MODULES = [
     "dp2ejax.arith.posit",
     "dp2ejax.arith.blockscaled",
     "dp2ejax.arith.integer",
+    "dp2ejax.attention.kernel",
     "dp2ejax.attention.mask",
     "dp2ejax.attention.patterns",
     "dp2ejax.cestac.digits",

@@ -1,6 +1,7 @@
 """Block-sparse attention: masks that keep blocks of the score matrix, and attention that
 computes only those blocks."""
 
+from dp2ejax.attention.kernel import block_sparse_attention
 from dp2ejax.attention.mask import BlockMask
 from dp2ejax.attention.patterns import (
     bigbird,
@@ -16,6 +17,7 @@ from dp2ejax.attention.patterns import (
 __all__ = [
     "BlockMask",
     "bigbird",
+    "block_sparse_attention",
     "causal",
     "dilated",
     "document",
