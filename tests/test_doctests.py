@@ -15,6 +15,7 @@ MODULES = [
     "dp2ejax.arith.blockscaled",
     "dp2ejax.arith.integer",
     "dp2ejax.attention.kernel",
+    "dp2ejax.attention.layers",
     "dp2ejax.attention.mask",
     "dp2ejax.attention.patterns",
     "dp2ejax.cestac.digits",

@@ -2,6 +2,7 @@
 computes only those blocks."""
 
 from dp2ejax.attention.kernel import block_sparse_attention
+from dp2ejax.attention.layers import BlockSparseAttention, BlockSparseTransformerBlock
 from dp2ejax.attention.mask import BlockMask
 from dp2ejax.attention.patterns import (
     bigbird,
@@ -16,6 +17,8 @@ from dp2ejax.attention.patterns import (
 
 __all__ = [
     "BlockMask",
+    "BlockSparseAttention",
+    "BlockSparseTransformerBlock",
     "bigbird",
     "block_sparse_attention",
     "causal",
