@@ -93,8 +93,19 @@ def empty_rows_mask():  # per batch and head; rows keeping nothing, a whole empt
     return BlockMask.from_mask_fn(fn, 64, 64, 16, batch=BATCH, heads=HEADS), 4
 
 
+def named_patterns_mask():  # the named patterns of dp2ejax.attention.patterns, one per head
+    from dp2ejax.attention import patterns
+
+    return patterns.per_head(
+        patterns.bigbird(64, 16, window_blocks=1, global_blocks=1, random_blocks=1, seed=3),
+        patterns.dilated(64, 6, 3, block_size=16, causal=True),
+        patterns.document(np.repeat(np.arange(3), [20, 30, 14]), block_size=16, causal=True),
+        patterns.local(64, 20, block_size=16) | patterns.global_tokens(64, 4, block_size=16),
+    ), 2
+
+
 CASES = {"causal": causal_mask, "per_head": per_head_mask, "per_batch": per_batch_mask,
-         "empty_rows": empty_rows_mask}
+         "empty_rows": empty_rows_mask, "named_patterns": named_patterns_mask}
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,9 @@ def reference_digits(samples, axis=0, max_digits=FP64_DIGITS):
     n = samples.shape[axis]
     mean = samples.mean(axis=axis)
     std = samples.std(axis=axis, ddof=1)
+    # Equal samples are an exact result: std 0 (their rounded float mean may differ by an ulp).
+    equal = np.all(samples == np.take(samples, [0], axis=axis), axis=axis)
+    std = np.where(equal, 0.0, std)
     tau = scipy.stats.t.ppf(0.975, n - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         digits = np.log10(math.sqrt(n) * np.abs(mean) / (tau * std))
