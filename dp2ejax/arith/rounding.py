@@ -108,25 +108,20 @@ def round_to(
         from dp2ejax.arith.posit import check_carrier
 
         check_carrier(fmt, x.dtype)  # the range must fit; posit32 rounds float32 inputs exactly
-        bits = _random_bits_for(mode, key, x, rng)
-        return _round_straight_through(x, bits, fmt, mode, saturate, None)
-    if not isinstance(fmt, FloatFormat):
-        if not fmt.fits_in(x.dtype):
-            raise ValueError(
-                f"format {fmt.name!r} needs x in a wider dtype than {x.dtype}: pass float32 or "
-                f"float64 (float64 needs jax.config.update('jax_enable_x64', True))")
-        bits = _random_bits_for(mode, key, x, rng)
-        return _round_straight_through(x, bits, fmt, mode, saturate, axis)
-    if not fmt.fits_in(x.dtype):
+    elif isinstance(fmt, FloatFormat) and not fmt.fits_in(x.dtype):
         raise ValueError(
             f"format {fmt.name!r} (e{fmt.exponent_bits}m{fmt.mantissa_bits}) is wider than x's "
             f"dtype {x.dtype} ({carrier.name}); pass x in a wider dtype (float64 needs "
             f"jax.config.update('jax_enable_x64', True))"
         )
+    elif not fmt.fits_in(x.dtype):
+        raise ValueError(
+            f"format {fmt.name!r} needs x in a wider dtype than {x.dtype}: pass float32 or "
+            f"float64 (float64 needs jax.config.update('jax_enable_x64', True))")
     bits = _random_bits_for(mode, key, x, rng)
-    if carrier.is_subset_of(fmt) and not saturate:
+    if isinstance(fmt, FloatFormat) and carrier.is_subset_of(fmt) and not saturate:
         return x
-    return _round_straight_through(x, bits, fmt, mode, saturate, None)
+    return _round_straight_through(x, bits, fmt, mode, saturate, axis)
 
 
 def _random_bits_for(mode: str, key, x, rng):
