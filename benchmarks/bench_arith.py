@@ -614,7 +614,8 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def metadata(pychop, argv: list[str]) -> dict:
+def base_metadata(argv: list[str]) -> dict:
+    """What every benchmark's JSON records about the run: date, command, machine, versions."""
     import flax
     import jaxlib
 
@@ -631,11 +632,24 @@ def metadata(pychop, argv: list[str]) -> dict:
             "jax": jax.__version__,
             "jaxlib": jaxlib.__version__,
             "numpy": np.__version__,
-            "ml_dtypes": ml_dtypes.__version__,
             "flax": flax.__version__,
-            "pychop": getattr(pychop, "__version__", None),
         },
     }
+
+
+def write_json(result: dict, out: Path) -> None:
+    """Prints ``result`` as JSON and writes it to ``out``."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+
+
+def metadata(pychop, argv: list[str]) -> dict:
+    meta = base_metadata(argv)
+    meta["versions"].update(ml_dtypes=ml_dtypes.__version__,
+                            pychop=getattr(pychop, "__version__", None))
+    return meta
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -701,10 +715,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["targets"] = targets
     result["all_targets_passed"] = all(t["passed"] for t in targets)
 
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    write_json(result, args.out)
     return result
 
 

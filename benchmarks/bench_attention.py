@@ -51,11 +51,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -66,7 +62,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_arith import cpu_model, tune_malloc
+from bench_arith import base_metadata, tune_malloc, write_json
 
 from dp2ejax.attention.kernel import block_sparse_attention
 from dp2ejax.attention.mask import BlockMask
@@ -345,23 +341,7 @@ def speedup_target(cases: list[dict]) -> dict:
 
 
 def metadata(argv: list[str]) -> dict:
-    import flax
-    import jaxlib
-
-    device = jax.devices()[0]
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", *argv]),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "device_kind": device.device_kind,
-        "backend": jax.default_backend(),
-        "load_average_1_5_15_min_at_start": list(os.getloadavg()),
-        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                     "numpy": np.__version__, "flax": flax.__version__},
-    }
+    return {**base_metadata(argv), "load_average_1_5_15_min_at_start": list(os.getloadavg())}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -472,10 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
             measured = [t["passed"] for t in result["targets"] if t["measured"]]
             result["all_targets_passed"] = all(measured) if measured else None
 
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    write_json(result, args.out)
     return result
 
 

@@ -63,11 +63,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -79,7 +75,12 @@ import numpy as np
 
 # bench_arith.py lives next to this script (on sys.path when it runs as a script).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_arith import cpu_model, time_interleaved, tune_malloc  # noqa: E402
+from bench_arith import (  # noqa: E402
+    base_metadata,
+    time_interleaved,
+    tune_malloc,
+    write_json,
+)
 
 from dp2ejax import PrecisionPolicy, emulate  # noqa: E402
 from dp2ejax.arith.emulate import run_emulated  # noqa: E402
@@ -416,28 +417,8 @@ def bcoo_notes(a_hat, h, reps: int) -> dict:
 
 
 def metadata(argv: list[str], malloc: str) -> dict:
-    import flax
-    import jaxlib
-
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", *argv]),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "device_kind": jax.devices()[0].device_kind,
-        "backend": jax.default_backend(),
-        "jax_enable_x64": bool(jax.config.jax_enable_x64),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "malloc": malloc,
-        "versions": {
-            "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__,
-            "numpy": np.__version__,
-            "flax": flax.__version__,
-        },
-    }
+    return {**base_metadata(argv), "jax_enable_x64": bool(jax.config.jax_enable_x64),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": malloc}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -529,10 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
         for check in (w["check"] for w in result["workloads"].values())
     )
 
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    write_json(result, args.out)
     return result
 
 
