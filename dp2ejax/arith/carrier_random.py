@@ -34,11 +34,12 @@ def _split(a):
     return hi, a - hi
 
 
-def _product_error(a, b, p):
-    """e with a * b = p + e exactly (Dekker's TwoProduct), for p = fl(a * b)."""
+def _product_error(a, b, p, multiply=jnp.multiply):
+    """e with a * b = p + e exactly (Dekker's TwoProduct), for p = fl(a * b). ``multiply`` is
+    the product of the halves: elementwise, or a one-term ``dot_general`` (the quire)."""
     ah, al = _split(a)
     bh, bl = _split(b)
-    return ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return ((multiply(ah, bh) - p) + multiply(ah, bl) + multiply(al, bh)) + multiply(al, bl)
 
 
 def _sum_error(a, b, s):

@@ -199,7 +199,7 @@ def _dot_quire(lhs, rhs, dims, out_dtype):
     running sum kept as hi + lo (TwoSum). Returns hi + lo rounded to nearest in the carrier, and
     rounded to odd, so that one later rounding to any format of at most carrier precision - 2
     bits is the correct rounding of hi + lo (Boldo and Melquiond, 2008)."""
-    from dp2ejax.arith.carrier_random import _split, _sum_error
+    from dp2ejax.arith.carrier_random import _product_error, _sum_error
 
     lhs, rhs = jnp.asarray(lhs, out_dtype), jnp.asarray(rhs, out_dtype)
     lhs, rhs, block_dims, out_shape = _contraction_blocks(lhs, rhs, dims, 1)
@@ -212,9 +212,8 @@ def _dot_quire(lhs, rhs, dims, out_dtype):
     def step(carry, terms):
         hi, lo = carry
         a, b = terms
-        p = product(a, b)  # one term: p = fl(a * b); its error from the split halves
-        (ah, al), (bh, bl) = _split(a), _split(b)
-        e = ((product(ah, bh) - p) + product(ah, bl) + product(al, bh)) + product(al, bl)
+        p = product(a, b)  # one term: p = fl(a * b), and its error e
+        e = _product_error(a, b, p, multiply=product)
         s = hi + p
         return (s, lo + (_sum_error(hi, p, s) + e)), None
 
@@ -297,8 +296,6 @@ class _Interpreter:
         bits = None
         if rule.mode in RANDOM_MODES:
             bits = random_bits(self._next_key(), value.shape, value.dtype, self.policy.rng)
-        if not isinstance(rule.format, BlockScaledFormat | IntFormat):
-            axis = None
         return _round_straight_through(value, bits, rule.format, rule.mode, rule.saturate, axis)
 
     def _round_operand(self, tagged: Tagged, rule: Rule, path: str, prim: str,
@@ -311,6 +308,8 @@ class _Interpreter:
             return value
         if carrier_format(value.dtype).is_subset_of(rule.format):
             return value  # every carrier value is representable: converting it is exact
+        if not isinstance(rule.format, BlockScaledFormat | IntFormat):
+            axis = None  # only blocks and channels have an axis: one rounding serves every use
         memo = (id(tagged[0]), rule, axis)
         if memo not in self._rounded:
             self._rounded[memo] = (tagged[0], self._round(value, rule, axis))  # keeps the id
