@@ -196,6 +196,37 @@ class BlockMask:
         ids = np.where(valid, np.take_along_axis(self.partial_ids, order, axis=-1), -1)
         return kv_blocks.astype(np.int32), counts, ids.astype(np.int32)
 
+    def diagonals(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kernel's banded form: the block diagonals ``j - i`` that hold kept blocks.
+
+        For banded masks (windows, causal windows, documents) there are few diagonals, and a
+        diagonal's key blocks for all query blocks are one contiguous slice of the keys.
+
+        Returns:
+          ``(offsets, table_ids)``: ``int32[mb, mh, num_diagonals]`` the offsets ``j - i`` in
+          increasing order (padding for a (batch, head) with fewer diagonals: 0, with nothing
+          kept), and ``int32[mb, mh, q_blocks, num_diagonals]`` the element pattern of block
+          ``(i, i + offset)``: 0 dropped (or outside the matrix), 1 full, ``2 + p`` partial
+          pattern ``p`` — indices into ``[zeros, ones, *partial_masks]``, as in
+          :meth:`block_elements`.
+        """
+        mb, mh, nq, nk = self.layout.shape
+        rows, cols = np.arange(nq)[:, None], np.arange(nk)[None, :]
+        kept_offsets = [np.unique((cols - rows)[self.layout[b, h]])
+                        for b in range(mb) for h in range(mh)]
+        width = max(max((len(o) for o in kept_offsets), default=0), 1)
+        offsets = np.zeros((mb * mh, width), np.int32)
+        for n, o in enumerate(kept_offsets):
+            offsets[n, :len(o)] = o
+        offsets = offsets.reshape(mb, mh, width)
+        count = np.array([len(o) for o in kept_offsets]).reshape(mb, mh)
+        j = np.arange(nq)[None, None, :, None] + offsets[:, :, None, :]  # [mb, mh, nq, S]
+        inside = (j >= 0) & (j < nk) & (np.arange(width) < count[..., None, None])
+        jc = np.clip(j, 0, nk - 1)
+        kept = np.take_along_axis(self.layout, jc, axis=-1) & inside
+        ids = np.take_along_axis(self.partial_ids, jc, axis=-1)
+        return offsets, np.where(kept, ids + 2, 0).astype(np.int32)
+
     def block_elements(self) -> np.ndarray:
         """``bool[mb, mh, nq, nk, block_q, block_kv]``: every block's element mask (for tests
         and small sizes)."""

@@ -132,6 +132,22 @@ def check_case(mask, kv_heads, dtype, out_tol, grad_tol, seed=0, scale=None):
     return out, grads
 
 
+def test_banded_masks_read_diagonal_slices_others_gather():
+    from dp2ejax.attention import patterns
+    from dp2ejax.attention.kernel import _plan
+
+    q = jnp.zeros((1, 256, 2, 8))
+    window = patterns.local(256, 40, block_size=16, causal=True)
+    random = patterns.bigbird(256, 16, window_blocks=1, global_blocks=1, random_blocks=2, seed=0)
+    plan, arrays = _plan(q, q, q, window, None, None, "xla", False)
+    assert plan.slots.mode == plan.slots_t.mode == "diagonal" and len(arrays) == 4
+    assert plan.slots.pad == (3, 0) and plan.slots_t.pad == (0, 3)
+    plan, arrays = _plan(q, q, q, random, None, None, "xla", False)
+    assert plan.slots.mode == plan.slots_t.mode == "gather" and len(arrays) == 6
+    plan, _ = _plan(q, q, q, window, None, None, "pallas", True)  # Pallas reads the compact form
+    assert plan.slots.mode == "gather" and plan.slots_t.mode == "diagonal"
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_float64_equals_dense(masks, name):
     check_case(*masks[name], jnp.float64, 1e-12, 1e-12)

@@ -298,6 +298,33 @@ def test_compact_lists_kept_blocks_in_order(block):
     assert (counts == 0).any(), "the test mask must include an empty row"
 
 
+@pytest.mark.parametrize("block", [(4, 4), (4, 8), (8, 4)])
+def test_diagonals_rebuild_the_layout_and_patterns(block):
+    rng = np.random.default_rng(2)
+    dense = random_mask(rng, (2, 3, 32, 64), block)
+    m = BlockMask.from_dense(dense, block)
+    offsets, table_ids = m.diagonals()
+    assert offsets.dtype == table_ids.dtype == np.int32
+    assert table_ids.shape == m.shape[:3] + offsets.shape[-1:]
+    mb, mh, nq, nk = m.layout.shape
+    expected = np.where(m.layout, m.partial_ids + 2, 0)
+    rebuilt = np.zeros_like(expected)
+    for b, h, i, s in np.ndindex(mb, mh, nq, offsets.shape[-1]):
+        if table_ids[b, h, i, s]:
+            j = i + offsets[b, h, s]
+            assert 0 <= j < nk and rebuilt[b, h, i, j] == 0  # each block listed once
+            rebuilt[b, h, i, j] = table_ids[b, h, i, s]
+    np.testing.assert_array_equal(rebuilt, expected)
+
+
+def test_banded_masks_have_few_diagonals():
+    window = local(256, 40, block_size=16, causal=True)  # keys (i - 40, i]: 4 block diagonals
+    offsets, table_ids = window.diagonals()
+    np.testing.assert_array_equal(offsets[0, 0], [-3, -2, -1, 0])
+    assert table_ids[0, 0, 0].tolist() == [0, 0, 0, 2]  # the first row: only the diagonal
+    assert table_ids.shape[-1] <= window.compact()[0].shape[-1]
+
+
 def test_compact_of_an_all_empty_mask():
     m = BlockMask.from_layout(np.zeros((2, 3), bool), 4)
     kv_blocks, counts, ids = m.compact()
