@@ -39,7 +39,8 @@ IMPLEMENTATIONS = ("xla", "pallas")
 
 def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: BlockMask, *,
                            scale: float | None = None, policy=None, precision=None,
-                           implementation: str = "xla", interpret: bool = False) -> jax.Array:
+                           implementation: str = "xla", interpret: bool = False,
+                           rounding_key: jax.Array | None = None) -> jax.Array:
     """Multi-head attention restricted to the blocks (and elements) that ``mask`` keeps.
 
     ``out[b, i, h] = sum_j softmax_j(scale * q[b, i, h] . k[b, j, h // g]) v[b, j, h // g]`` over
@@ -66,8 +67,10 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Block
       scale: multiplies the scores; default ``1 / sqrt(head_dim)``.
       policy: a :class:`dp2ejax.PrecisionPolicy` or a format name: the forward computation runs
         under :func:`dp2ejax.emulate` with that policy (every operation rounded to the emulated
-        formats; gradients are straight-through those roundings). Policies with random
-        rounding modes are not supported here (no ``rounding_key``).
+        formats; gradients are straight-through those roundings).
+      rounding_key: PRNG key of the policy's ``stochastic`` / ``random`` roundings (required
+        by such a policy, ignored otherwise). With sharded inputs every shard draws from the
+        same key.
       precision: ``jax.lax.Precision`` (or pair) for the matmuls.
       implementation: ``"xla"`` (portable, this module) or ``"pallas"`` (the Pallas forward of
         :mod:`dp2ejax.attention.pallas` with this module's backward).
@@ -87,20 +90,28 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Block
     """
     q, k, v = (jnp.asarray(x) for x in (q, k, v))
     plan, mask_arrays = _plan(q, k, v, mask, scale, precision, implementation, interpret)
-    attention = _attention_fn(plan)
-    if policy is not None:
-        attention = emulate(attention, policy)
+    exact = _attention_fn(plan)
+    if policy is None:
+        def attention(q, k, v, mask_arrays, key):
+            return exact(q, k, v, mask_arrays)
+    else:
+        emulated = emulate(exact, policy)
+
+        def attention(q, k, v, mask_arrays, key):
+            return emulated(q, k, v, mask_arrays, rounding_key=key)
     mask_arrays = tuple(jnp.asarray(x) for x in mask_arrays)
     explicit = _explicit_specs(q, k, v)
     if explicit is None:
-        return attention(q, k, v, mask_arrays)
+        return attention(q, k, v, mask_arrays, rounding_key)
     mesh, q_spec, kv_spec = explicit
     batch_axes, head_axes = q_spec[0], q_spec[2]
     mb, mh = mask.shape[:2]
     mask_spec = P(batch_axes if mb > 1 else None, head_axes if mh > 1 else None)
     mask_arrays = tuple(jax.reshard(x, NamedSharding(mesh, mask_spec)) for x in mask_arrays)
-    return jax.shard_map(attention, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, mask_spec),
-                         out_specs=q_spec, check_vma=False)(q, k, v, mask_arrays)
+    key_spec = None if rounding_key is None else P()
+    return jax.shard_map(attention, mesh=mesh,
+                         in_specs=(q_spec, kv_spec, kv_spec, mask_spec, key_spec),
+                         out_specs=q_spec, check_vma=False)(q, k, v, mask_arrays, rounding_key)
 
 
 def _explicit_specs(q, k, v):

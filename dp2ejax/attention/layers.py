@@ -77,12 +77,14 @@ class BlockSparseAttention(nn.Module):
     interpret: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
+                 rounding_key: jax.Array | None = None) -> jax.Array:
         """Attention of ``x`` over ``context`` (default: self-attention).
 
         Args:
           x: ``[batch, q_len, features]``.
           context: ``[batch, kv_len, context_features]``; default ``x``.
+          rounding_key: PRNG key for a ``policy`` with stochastic / random rounding.
 
         Returns:
           ``[batch, q_len, out_features]``.
@@ -98,7 +100,7 @@ class BlockSparseAttention(nn.Module):
         out = block_sparse_attention(q, k, v, self.mask, scale=self.scale, policy=self.policy,
                                      precision=self.precision,
                                      implementation=self.implementation,
-                                     interpret=self.interpret)
+                                     interpret=self.interpret, rounding_key=rounding_key)
         features = x.shape[-1] if self.out_features is None else self.out_features
         return nn.DenseGeneral(features, axis=(-2, -1), name="out", **dense)(out)
 
@@ -177,8 +179,9 @@ class BlockSparseTransformerBlock(nn.Module):
     interpret: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``x`` ``[batch, seq_len, width]`` -> ``[batch, seq_len, width]``."""
+    def __call__(self, x: jax.Array, *, rounding_key: jax.Array | None = None) -> jax.Array:
+        """``x`` ``[batch, seq_len, width]`` -> ``[batch, seq_len, width]``; ``rounding_key``
+        for an attention ``policy`` with stochastic / random rounding."""
         if x.ndim != 3 or x.shape[-1] != self.width:
             raise ValueError(f"BlockSparseTransformerBlock expects x [batch, seq_len, "
                              f"width={self.width}], got shape {x.shape}")
@@ -199,7 +202,8 @@ class BlockSparseTransformerBlock(nn.Module):
             num_heads=self.num_heads, head_dim=head_dim, mask=self.mask,
             num_kv_heads=self.num_kv_heads, use_bias=self.use_bias, dtype=self.dtype,
             param_dtype=self.param_dtype, policy=self.policy, precision=self.precision,
-            implementation=self.implementation, interpret=self.interpret, name="attention")(h)
+            implementation=self.implementation, interpret=self.interpret,
+            name="attention")(h, rounding_key=rounding_key)
         h = nn.LayerNorm(name="mlp_norm", **norm)(x)
         h = nn.Dense(hidden, name="mlp_in", **dense)(h)
         h = nn.Dense(self.width, name="mlp_out", **dense)(nn.gelu(h))

@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import dp2ejax
 from dp2ejax.attention.kernel import block_sparse_attention
 from dp2ejax.attention.mask import BlockMask
 
@@ -196,6 +197,24 @@ def test_emulated_bfloat16(masks):
     assert 1e-3 < relative_error(out, exact) < 5e-2
 
 
+def test_stochastic_rounding_policy_needs_and_uses_the_key(masks):
+    # Stochastic rounding to bf16 is unbiased: the mean of many independently rounded runs is
+    # closer to the exact result than one run (the errors are independent per key).
+    mask, kv_heads = masks["causal"]
+    (q, k, v), _ = inputs(6, 64, 64, kv_heads, jnp.float32)
+    policy = dp2ejax.PrecisionPolicy.uniform("bf16", mode="stochastic")
+    with pytest.raises(ValueError, match="rounding_key"):
+        block_sparse_attention(q, k, v, mask, policy=policy)
+    run = jax.jit(jax.vmap(lambda key: block_sparse_attention(q, k, v, mask, policy=policy,
+                                                              rounding_key=key)))
+    outs = run(jax.random.split(jax.random.key(0), 16))
+    exact = dense_reference(*(x.astype(jnp.float64) for x in (q, k, v)), mask)
+    assert not np.array_equal(outs[0], outs[1])  # different keys round differently
+    single = relative_error(outs[0], exact)
+    assert 1e-3 < single < 5e-2
+    assert relative_error(outs.mean(0), exact) < single / 2
+
+
 def test_vmap_over_extra_axis(masks):
     mask, kv_heads = masks["causal"]
     (q, k, v), _ = inputs(6, 64, 64, kv_heads, jnp.float64, batch=3 * BATCH)
@@ -244,6 +263,12 @@ def test_sharded_over_batch_and_heads(axis_type):
     if axis_type == AxisType.Auto:  # GSPMD keeps the batched gathers local: no communication
         text = forward.lower(*sharded).compile().as_text()
         assert not any(op in text for op in ("all-gather", "all-to-all", "collective-permute"))
+    # A stochastic-rounding policy: its key is replicated to every shard.
+    policy = dp2ejax.PrecisionPolicy.uniform("bf16", mode="stochastic")
+    rounded = jax.jit(lambda q, k, v, key: block_sparse_attention(
+        q, k, v, mask, policy=policy, rounding_key=key))(*sharded, jax.random.key(1))
+    assert rounded.sharding.is_equivalent_to(sharding, 4)
+    assert 1e-4 < relative_error(rounded, out) < 5e-2
 
 
 def test_errors(masks):
