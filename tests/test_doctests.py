@@ -21,6 +21,7 @@ MODULES = [
     "dp2ejax.cestac.digits",
     "dp2ejax.cestac.analyze",
     "dp2ejax.cestac.layers",
+    "dp2ejax.parallel.mesh",
 ]
 
 
