@@ -21,6 +21,8 @@ MODULES = [
     "dp2ejax.cestac.digits",
     "dp2ejax.cestac.analyze",
     "dp2ejax.cestac.layers",
+    "dp2ejax.parallel.checkpoint",
+    "dp2ejax.parallel.distributed",
     "dp2ejax.parallel.mesh",
 ]
 
