@@ -208,13 +208,19 @@ def analyze(
         out = run_emulated(fn, policy, args, kwargs, sample_key, observer)
         return out, observer.counts
 
-    outs, counts = jax.jit(jax.vmap(one_sample, axis_name=SAMPLE_AXIS))(keys)
+    def all_samples(keys):
+        outs, counts = jax.vmap(one_sample, axis_name=SAMPLE_AXIS)(keys)
+        # every sample counts the same (the checks reduce over the samples): keep one, so the
+        # counts are small replicated scalars even when the samples span several processes
+        return outs, {site: count[0] for site, count in counts.items()}
+
+    outs, counts = jax.jit(all_samples)(keys)
     _check_float_outputs(outs)
     digits = jax.tree_util.tree_map(
         lambda s: significant_digits(s, 0, max_digits=max_digits), outs)
     zero = jax.tree_util.tree_map(lambda s, d: computational_zero(s, 0, d), outs, digits)
     instabilities = sorted(
-        (parse_site(site, int(np.asarray(c)[0])) for site, c in counts.items()),
+        (parse_site(site, int(count)) for site, count in counts.items()),
         key=lambda i: (-i.count, i.kind, i.path, i.source))
     return CestacResult(
         mean=jax.tree_util.tree_map(lambda s: sample_statistics(s, 0)[0], outs),
