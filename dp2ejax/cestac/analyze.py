@@ -198,9 +198,13 @@ def analyze(
     max_digits = precision_digits(narrowest.precision)
     key = jax.random.key(0) if key is None else key
     args, kwargs = _to_carrier((args, kwargs), carrier)
-    keys = jax.random.split(key, samples)
-    if sample_sharding is not None:
-        keys = jax.device_put(keys, sample_sharding)
+    if sample_sharding is None:
+        keys = jax.random.split(key, samples)
+    else:  # split on the devices of the sharding (they may belong to several processes)
+        impl = jax.random.key_impl(key)
+        keys = jax.jit(lambda raw: jax.random.split(jax.random.wrap_key_data(raw, impl=impl),
+                                                    samples),
+                       out_shardings=sample_sharding)(np.asarray(jax.random.key_data(key)))
 
     def one_sample(sample_key):
         observer = InstabilityObserver(SAMPLE_AXIS, samples, cancellation_digits, max_digits,

@@ -1,0 +1,71 @@
+"""The sharded steps that :mod:`dp2ejax.parallel.launch` runs on one or many processes.
+
+Each step takes the mesh (over every process's devices) and keyword options, runs one sharded
+computation, and returns its results as host NumPy arrays (gathered from every process), so
+that the same step run on 1 process or on N processes can be compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """A named sharded step: ``fn(mesh, **options) -> {name: np.ndarray}`` and the mesh axes
+    it uses by default."""
+
+    name: str
+    fn: Callable[..., dict[str, np.ndarray]]
+    mesh: dict[str, int]
+    description: str
+
+    def __call__(self, mesh: Mesh, **options) -> dict[str, np.ndarray]:
+        return self.fn(mesh, **options)
+
+
+def to_host(tree):
+    """Every leaf as a NumPy array on every process (gathered across processes if needed)."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+    return jax.tree_util.tree_map(one, tree)
+
+
+def cestac_samples(mesh: Mesh, *, samples: int = 8, n: int = 32, seed: int = 0,
+                   fmt: str = "fp32") -> dict[str, np.ndarray]:
+    """CESTAC analysis of a small ill-conditioned program (a tanh layer and a cancelling
+    sum) with the samples split over the mesh's ``samples`` (else first) axis."""
+    from dp2ejax.cestac import analyze
+
+    axis = "samples" if "samples" in mesh.shape else mesh.axis_names[0]
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, n)).astype(np.float32)
+    x = rng.standard_normal(n).astype(np.float32)
+
+    def program(w, x):
+        h = jnp.tanh(w @ x / np.sqrt(n))
+        return jnp.stack([h.sum(), (h + 1e3).sum() - 1e3 * n, jnp.dot(h, h)])
+
+    result = analyze(program, w, x, fmt=fmt, samples=samples, key=jax.random.key(seed),
+                     sample_sharding=NamedSharding(mesh, P(axis)))
+    totals = result.instability_totals()
+    return to_host({"mean": result.mean, "digits": result.digits, "samples": result.samples,
+                    "cancellations": np.int64(totals.get("cancellation", 0))})
+
+
+STEPS: dict[str, Step] = {
+    step.name: step for step in (
+        Step("cestac_samples", cestac_samples, {"samples": -1},
+             "CESTAC samples split across devices"),
+    )
+}
