@@ -21,9 +21,19 @@ MODULES = [
     "dp2ejax.cestac.digits",
     "dp2ejax.cestac.analyze",
     "dp2ejax.cestac.layers",
+    "dp2ejax.graph.data",
+    "dp2ejax.graph.gcn",
+    "dp2ejax.graph.generators",
+    "dp2ejax.graph.io",
+    "dp2ejax.graph.metrics",
+    "dp2ejax.graph.normalize",
+    "dp2ejax.graph.oversmoothing",
     "dp2ejax.parallel.checkpoint",
     "dp2ejax.parallel.distributed",
     "dp2ejax.parallel.mesh",
+    "dp2ejax.sparse.buckets",
+    "dp2ejax.sparse.coo",
+    "dp2ejax.sparse.csr",
 ]
 
 
