@@ -31,6 +31,7 @@ MODULES = [
     "dp2ejax.parallel.checkpoint",
     "dp2ejax.parallel.distributed",
     "dp2ejax.parallel.mesh",
+    "dp2ejax.parallel.spmm",
     "dp2ejax.sparse.buckets",
     "dp2ejax.sparse.coo",
     "dp2ejax.sparse.csr",

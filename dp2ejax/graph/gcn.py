@@ -322,14 +322,16 @@ def train_node_classifier(
     val_w = jnp.asarray(inputs.val_mask, x.dtype)
     optimizer = optax.adam(learning_rate)
 
-    def forward(params, step_key, train):
+    # P is an argument of the jitted loop, not a constant closed over: its arrays may be
+    # sharded over devices of several processes (dp2ejax.parallel.PartitionedCSR).
+    def forward(params, P, step_key, train):
         kwargs = {"train": train, "rngs": {"dropout": step_key}}
         if emulated:
             kwargs["rounding_key"] = jax.random.fold_in(step_key, 1)
         return apply(params, x, P, **kwargs)
 
-    def loss_fn(params, step_key):
-        out = forward(params, step_key, True)
+    def loss_fn(params, P, step_key):
+        out = forward(params, P, step_key, True)
         per_node = optax.softmax_cross_entropy_with_integer_labels(out, labels_)
         return jnp.sum(per_node * train_w) / jnp.sum(train_w)
 
@@ -338,20 +340,20 @@ def train_node_classifier(
         total = jnp.sum(weights)
         return jnp.where(total > 0, jnp.sum(correct * weights) / jnp.maximum(total, 1), jnp.nan)
 
-    def step(carry, step_key):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, step_key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        out = forward(params, jax.random.fold_in(step_key, 2), False)
-        return (params, opt_state), (loss, accuracy(out, train_w), accuracy(out, val_w))
-
     @jax.jit
-    def run(variables, keys):
+    def run(variables, keys, P):
+        def step(carry, step_key):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params, P, step_key)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            out = forward(params, P, jax.random.fold_in(step_key, 2), False)
+            return (params, opt_state), (loss, accuracy(out, train_w), accuracy(out, val_w))
+
         carry, history = jax.lax.scan(step, (variables, optimizer.init(variables)), keys)
         return carry[0], history
 
-    variables, (loss, train_acc, val_acc) = run(variables, jax.random.split(loop_key, steps))
+    variables, (loss, train_acc, val_acc) = run(variables, jax.random.split(loop_key, steps), P)
     history = {"loss": np.asarray(loss), "train_accuracy": np.asarray(train_acc),
                "val_accuracy": np.asarray(val_acc)}
     return variables, history

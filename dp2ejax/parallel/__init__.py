@@ -1,6 +1,22 @@
 """Meshes, shardings and sharded steps: every workload on many devices and many hosts, through
 ``jax.jit`` shardings, ``jax.shard_map`` and ``jax.distributed``."""
 
+from dp2ejax.parallel.checkpoint import Checkpoints, abstract_state
+from dp2ejax.parallel.distributed import ProcessConfig, initialize, spawn_local
 from dp2ejax.parallel.mesh import DEFAULT_RULES, logical_sharding, logical_spec, make_mesh, shard
+from dp2ejax.parallel.spmm import PartitionedCSR, collective_bytes
 
-__all__ = ["DEFAULT_RULES", "logical_sharding", "logical_spec", "make_mesh", "shard"]
+__all__ = [
+    "DEFAULT_RULES",
+    "Checkpoints",
+    "PartitionedCSR",
+    "ProcessConfig",
+    "abstract_state",
+    "collective_bytes",
+    "initialize",
+    "logical_sharding",
+    "logical_spec",
+    "make_mesh",
+    "shard",
+    "spawn_local",
+]
