@@ -116,6 +116,17 @@ def _cestac() -> str:
     return "\n".join(lines)
 
 
+def _oversmoothing() -> str:
+    from dp2ejax import graph
+
+    g = graph.stochastic_block_model([60, 60], p_in=0.3, p_out=0.02, seed=0)
+    P = graph.normalized_adjacency(g.adjacency, "gcn")
+    x = jax.random.normal(jax.random.key(4), (g.num_nodes, 8), jnp.float64)
+    profile = graph.oversmoothing_profile(P, x, depth=150,
+                                          policies=("fp64", "fp32", "fp16", "bf16"))
+    return profile.summary()
+
+
 def main() -> None:
     print("dp2ejax — emulated floating-point arithmetic for JAX\n")
     print("Formats\n" + _formats_table() + "\n")
@@ -123,7 +134,9 @@ def main() -> None:
     print("Stochastic rounding is unbiased\n" + _stochastic_unbiased() + "\n")
     print("A Flax MLP (16 -> 64 -> 64 -> 1) under emulated precision policies\n"
           + _emulated_mlp() + "\n")
-    print("CESTAC: exact significant digits (3 samples, random rounding)\n" + _cestac())
+    print("CESTAC: exact significant digits (3 samples, random rounding)\n" + _cestac() + "\n")
+    print("Oversmoothing: x <- P x on a 2-block SBM (GCN-normalised), per format\n"
+          + _oversmoothing())
 
 
 if __name__ == "__main__":
