@@ -32,6 +32,7 @@ MODULES = [
     "dp2ejax.parallel.distributed",
     "dp2ejax.parallel.mesh",
     "dp2ejax.parallel.spmm",
+    "dp2ejax.parallel.transformer",
     "dp2ejax.sparse.buckets",
     "dp2ejax.sparse.coo",
     "dp2ejax.sparse.csr",

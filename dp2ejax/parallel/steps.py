@@ -113,6 +113,45 @@ def gcn_training(mesh: Mesh, *, nodes: int = 512, features: int = 16, steps: int
                        in jax.tree_util.tree_leaves_with_path(variables)}})
 
 
+def transformer_training(mesh: Mesh, *, steps: int = 5, batch: int = 8, length: int = 64,
+                         seed: int = 0) -> dict[str, np.ndarray]:
+    """Trains a small block-sparse transformer LM (associative recall) with data parallelism
+    over the mesh's ``data`` axis and head parallelism over ``model`` (when present)."""
+    import optax
+
+    from dp2ejax.attention import causal
+    from dp2ejax.parallel.mesh import logical_sharding
+    from dp2ejax.parallel.transformer import (
+        BlockSparseLM,
+        associative_recall,
+        init_sharded,
+        make_train_step,
+    )
+
+    model = BlockSparseLM(vocab_size=32, width=32, depth=2, num_heads=4,
+                          mask=causal(length, block_size=16))
+    optimizer = optax.adam(3e-3)
+    key = jax.random.key(seed)
+    tokens, _ = associative_recall(key, batch, length, 32)
+    params, opt_state = init_sharded(model, optimizer, mesh, key, np.asarray(tokens))
+    step = make_train_step(model, optimizer, mesh)
+    batch_sharding = logical_sharding(("batch", None), mesh)
+
+    def global_batch(array):  # the same data on every process, each keeping its rows
+        array = np.asarray(array)
+        return jax.make_array_from_callback(array.shape, batch_sharding, lambda i: array[i])
+
+    losses = []
+    for i in range(steps):
+        tokens, targets = associative_recall(jax.random.fold_in(key, i), batch, length, 32)
+        params, opt_state, loss = step(params, opt_state, global_batch(tokens),
+                                       global_batch(targets))
+        losses.append(loss)
+    return to_host({"loss": jnp.stack(losses), **{
+        ".".join(str(getattr(k, "key", k)) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)}})
+
+
 STEPS: dict[str, Step] = {
     step.name: step for step in (
         Step("cestac_samples", cestac_samples, {"samples": -1},
@@ -121,5 +160,7 @@ STEPS: dict[str, Step] = {
              "GCN propagation with the graph split by rows (halo exchange)"),
         Step("gcn_training", gcn_training, {"rows": -1},
              "GCN node-classification training with the graph split by rows"),
+        Step("transformer_training", transformer_training, {"data": 2, "model": -1},
+             "block-sparse transformer training, data and head parallel"),
     )
 }
