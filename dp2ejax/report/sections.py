@@ -106,6 +106,10 @@ def _is_number(value: Any) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _numeric_series(value: Any) -> np.ndarray | None:
     """A list of numbers (``None`` allowed) as floats, or None if ``value`` is not one."""
     if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
@@ -484,6 +488,24 @@ def oversmoothing_section(data: Any) -> list[Block]:
 _TABLE_COLUMNS = ("layer", "role", "format", "sensitivity", "cost_share")
 
 
+def _tuning_point(entry: Any, data: Mapping) -> tuple[str, Mapping | None]:
+    """A baseline or the tuned policy as ``(name, {"error"/"accuracy", "cost"})``: accepts the
+    short form (``name``, ``error``/``accuracy``, ``cost``) and :mod:`dp2ejax.tune`'s
+    (``format``, ``value`` of the criterion, ``costs[cost_model]["total"]``)."""
+    if not isinstance(entry, Mapping):
+        return "", None
+    point = dict(entry)
+    name = str(entry.get("name") or (f"uniform {entry['format']}" if "format" in entry
+                                     else "baseline"))
+    if "error" not in point and "accuracy" not in point and _is_real(entry.get("value")):
+        point["error"] = entry["value"]
+    if "cost" not in point and isinstance(entry.get("costs"), Mapping):
+        model = entry["costs"].get(str(data.get("cost_model", "bits")))
+        if isinstance(model, Mapping) and _is_real(model.get("total")):
+            point["cost"] = model["total"]
+    return name, point
+
+
 def tuning_section(data: Any) -> list[Block]:
     """The autotuner's result dict -> accuracy (or error) against cost for the tuned policy and
     the uniform baselines, the per-layer table, the criterion and the policy."""
@@ -496,12 +518,14 @@ def tuning_section(data: Any) -> list[Block]:
             facts.append(f"{label}: {format_value(data[key])}")
     if facts:
         blocks.append(Paragraph("; ".join(facts) + "."))
-    points = []
-    for entry in data.get("baselines") or []:
-        if isinstance(entry, Mapping):
-            points.append((str(entry.get("name", "baseline")), entry, False))
+    points = [(name, entry, False) for name, entry in
+              (_tuning_point(entry, data) for entry in data.get("baselines") or [])
+              if entry is not None]
     if isinstance(data.get("tuned"), Mapping):
         points.append((str(data["tuned"].get("name", "tuned")), data["tuned"], True))
+    elif _is_real(data.get("value")):  # dp2ejax.tune's own result dict
+        _, tuned = _tuning_point({"value": data["value"], "costs": data.get("costs")}, data)
+        points.append(("tuned", tuned, True))
     metric = next((m for m in ("accuracy", "error") if any(_is_number(p.get(m)) and
                                                            p.get(m) is not None
                                                            for _, p, _ in points)), None)

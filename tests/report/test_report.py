@@ -278,3 +278,15 @@ def test_attention_cases_read_the_benchmark_and_the_short_form():
     assert rows[0]["speedup"] == pytest.approx(5.0)
     short = attention_cases([{"seq_len": 8, "density": 0.5, "sparse_ms": 2.0, "dense_ms": 3.0}])
     assert short[0]["speedup"] == pytest.approx(1.5) and short[0]["phase"] == "forward"
+
+
+def test_tuning_section_reads_the_autotuners_own_result_dict(tmp_path):
+    tuning = {"value": 0.004, "cost_model": "bits", "costs": {"bits": {"total": 2.0e5}},
+              "feasible": True, "evaluations": 12,
+              "baselines": [{"format": "fp32", "value": 1e-7, "meets": True,
+                             "costs": {"bits": {"total": 6.0e5}}},
+                            {"format": "bf16", "value": 0.02, "meets": False,
+                             "costs": {"bits": {"total": 3.0e5}}}]}
+    html = write_report(tmp_path, {"tuning": tuning})["html"].read_text()
+    assert 'id="figure-tuning-accuracy-cost"' in html
+    assert "uniform fp32" in html and "uniform bf16" in html and "tuned" in html
