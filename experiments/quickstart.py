@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -48,8 +49,9 @@ def attention_timings(seq_len: int = 1024, densities=(1 / 8, 1 / 4, 1 / 2), *, h
         sparse = jax.jit(lambda q, k, v, mask=mask: block_sparse_attention(q, k, v, mask))
         dense = jax.jit(lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, mask=m))
         timings = {}
-        for name, call in (("sparse", lambda: sparse(q, k, v)),
-                           ("dense", lambda: dense(q, k, v, dense_mask))):
+        calls = {"sparse": functools.partial(sparse, q, k, v),
+                 "dense": functools.partial(dense, q, k, v, dense_mask)}
+        for name, call in calls.items():
             jax.block_until_ready(call())
             times = []
             for _ in range(reps):

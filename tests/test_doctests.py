@@ -45,6 +45,10 @@ MODULES = [
     "dp2ejax.sparse.buckets",
     "dp2ejax.sparse.coo",
     "dp2ejax.sparse.csr",
+    "dp2ejax.tune.cost",
+    "dp2ejax.tune.criteria",
+    "dp2ejax.tune.space",
+    "dp2ejax.tune.tuner",
 ]
 
 
