@@ -18,18 +18,22 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m dp2ejax.demo
 
+# Two workers (one per core here); a test file's tests stay in one worker so that its
+# module-scoped fixtures (compiled functions) are built once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m ''
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_arith.py
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff
-	$(PY) -m ruff check dp2ejax tests benchmarks
+	$(PY) -m ruff check dp2ejax tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
