@@ -24,13 +24,13 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from dp2ejax.config import Config, ConfigError, config_diff, load_config
+from dp2ejax.report.write import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILE = "config.toml"
@@ -70,23 +70,6 @@ def as_config(config: Config | str | os.PathLike, overrides=()) -> Config:
     return load_config(config, overrides)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file in the same directory and
-    ``os.replace``: readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -99,7 +82,7 @@ def _json_safe(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON (non-finite floats as null)."""
-    write_atomic(path, json.dumps(_json_safe(data), indent=1) + "\n")
+    atomic_write(path, json.dumps(_json_safe(data), indent=1) + "\n")
 
 
 def versions() -> dict[str, str]:
@@ -229,7 +212,7 @@ def train(config: Config, build: Callable[[Config], Trainer], *, stop_after: int
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if status != "resume":
-        write_atomic(run_dir / CONFIG_FILE, config.to_toml())
+        atomic_write(run_dir / CONFIG_FILE, config.to_toml())
     steps, every = config.train.steps, config.train.checkpoint_every
     started = time.perf_counter()
     with Checkpoints(run_dir / CHECKPOINT_DIR, max_to_keep=config.train.max_to_keep) as ckpts:
@@ -238,7 +221,7 @@ def train(config: Config, build: Callable[[Config], Trainer], *, stop_after: int
         if start:
             state = ckpts.restore(start, trainer.init_state)
         # metrics of steps after the checkpoint (logged before a kill) are recomputed
-        write_atomic(run_dir / METRICS_FILE,
+        atomic_write(run_dir / METRICS_FILE,
                      "".join(json.dumps(row) + "\n" for row in read_metrics(run_dir, start)))
         bar = _progress(steps, start, quiet, f"{config.run.experiment} {config.run.name}")
         try:
