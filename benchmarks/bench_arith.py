@@ -637,6 +637,17 @@ def base_metadata(argv: list[str]) -> dict:
     }
 
 
+def mem_available_bytes() -> int | None:
+    """The host's ``MemAvailable`` (``/proc/meminfo``) in bytes, or None where it is unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def write_json(result: dict, out: Path) -> None:
     """Prints ``result`` as JSON and writes it to ``out``."""
     text = json.dumps(result, indent=2)

@@ -62,7 +62,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_arith import base_metadata, tune_malloc, write_json
+from bench_arith import base_metadata, mem_available_bytes, tune_malloc, write_json
 
 from dp2ejax.attention.kernel import block_sparse_attention
 from dp2ejax.attention.mask import BlockMask
@@ -201,13 +201,10 @@ def available_bytes() -> tuple[int | None, str]:
             return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), \
                 f"{device.platform} bytes_limit - bytes_in_use"
         return None, f"{device.platform}: no memory_stats"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024, "/proc/meminfo MemAvailable"
-    except OSError:
-        pass
-    return None, "unknown"
+    available = mem_available_bytes()
+    if available is None:
+        return None, "unknown"
+    return available, "/proc/meminfo MemAvailable"
 
 
 def dense_fits(phase: str, batch: int, heads: int, seq_len: int) -> tuple[bool, dict]:

@@ -50,7 +50,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_arith import base_metadata, time_interleaved, tune_malloc, write_json
+from bench_arith import (
+    base_metadata,
+    mem_available_bytes,
+    time_interleaved,
+    tune_malloc,
+    write_json,
+)
 
 DEFAULT_OUT = Path("benchmarks/out/bench_spmm.json")
 QUICK_OUT = Path("benchmarks/out/bench_spmm_quick.json")
@@ -87,16 +93,6 @@ def random_matrix(n: int, seed: int):
     return m
 
 
-def available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def copy_bandwidth(jax, jnp) -> dict:
     """Read + write bytes per second of a 512 MiB copy: NumPy (one core) and jitted (XLA)."""
     src = np.random.default_rng(0).standard_normal(COPY_BYTES // 4, dtype=np.float32)
@@ -119,7 +115,7 @@ def bench_case(jax, jnp, m, matrices, n: int, k: int, args, copy_bps: float) -> 
     x = jnp.asarray(x_host)
     product = jax.jit(lambda a, x: a @ x)
     case = {"n": n, "k": k, "nnz": nnz, "model_bytes": model_bytes(n, nnz, k), "skipped": {}}
-    available = available_bytes()
+    available = mem_available_bytes()
     calls, compile_s = {}, {}
     for name, matrix in matrices.items():
         if name in SEGMENT_CONTENDERS and available is not None and \
