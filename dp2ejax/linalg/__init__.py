@@ -5,7 +5,7 @@ each in any format of the arithmetic core."""
 from dp2ejax.linalg.eigs import UCResult, eigs_uc
 from dp2ejax.linalg.matrices import matrix_with_condition
 from dp2ejax.linalg.pagerank import PageRankResult, pagerank
-from dp2ejax.linalg.refine import IRResult, lu_rounded, solve_ir
+from dp2ejax.linalg.refine import IRResult, lu_blocked, lu_rounded, solve_ir
 from dp2ejax.linalg.svd import SVDResult, svds
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "SVDResult",
     "UCResult",
     "eigs_uc",
+    "lu_blocked",
     "lu_rounded",
     "matrix_with_condition",
     "pagerank",

@@ -1,14 +1,16 @@
 """Mixed-precision iterative refinement: LU-IR and GMRES-IR (Carson and Higham, SISC 2017, 2018).
 
 ``solve_ir`` solves ``A x = b`` with an LU factorisation computed in a low format ``u_f``
-(fp8, fp16, bf16, fp32: emulated bit for bit through :func:`dp2ejax.round_to`), and refines
-the solution with residuals in ``u_r`` and corrections in the working format ``u``:
+(fp8, fp16, bf16, fp32: emulated bit for bit through :func:`dp2ejax.round_to`, or, with
+``factorization="blocked"``, a blocked LU on native dtypes as a GPU runs it: see below), and
+refines the solution with residuals in ``u_r`` and corrections in the working format ``u``:
 
 ============  ============================================================================
 step          precision
 ============  ============================================================================
 LU            ``u_f``: every division, product and difference of the right-looking LU with
-              partial pivoting rounded to ``factor_format`` (no fused multiply-add)
+              partial pivoting rounded to ``factor_format`` (no fused multiply-add); with
+              ``factorization="blocked"``, the blocked LU below
 x_0           ``u``: triangular solves on the rounded factors, in ``working_format``
 r_i           ``u_r``: ``b - A x_i`` in ``residual_format`` (default: the working format)
 d_i (LU-IR)   ``u``: triangular solves on the rounded factors
@@ -16,6 +18,32 @@ d_i (GMRES)   ``u``: left-preconditioned GMRES on ``U^-1 L^-1 A d = U^-1 L^-1 r_
               Gram-Schmidt, Givens rotations), preconditioner and products with ``A`` in ``u``
 x_{i+1}       ``u``: ``x_i + d_i`` rounded to ``working_format``
 ============  ============================================================================
+
+The blocked LU (``factorization="blocked"``, :func:`lu_blocked`; formats with a native JAX dtype:
+fp64, fp32, bf16, fp16) is a right-looking LU with partial pivoting by column blocks of
+``block_size``, jitted once per ``(n, block_size, u_f)``:
+
+=====================  =================================================================
+step                   precision
+=====================  =================================================================
+panel ``[n, bs]``      float32 (float64 for fp64 factors): ``lax.linalg.lu`` (getrf) with
+                       partial pivoting, the row swaps applied to whole rows
+``U12 = L11^-1 A12``   float32 (float64): triangular solve
+``A22 -= L21 U12``     a matmul with operands cast to ``u_f``'s dtype (bfloat16, float16,
+                       float32, float64) and products accumulated in float32 (float64):
+                       the tensor-core update; ``A22`` stored in float32 (float64)
+=====================  =================================================================
+
+Its factors are float32 numbers whose error comes from the ``u_f`` operands of the updates:
+``|P A - L U| <~ (2 u_f + n u_fp32) |L| |U|`` against the emulated LU's ``n u_f |L| |U|``, and
+the same refinement follows. Measured (2026-11-23, Gaussian ``A``, n = 256 and 512, block 32):
+``||P A - L U|| / ||A||`` about half the emulated LU's in bf16 and fp16 (fewer roundings), so
+LU-IR's limits are at least the emulated ones (n = 64, block 8, seed 0: bf16 blocked LU-IR
+converged at kappa = 1e3 where the emulated one stagnated, both fail from 1e4; fp16 blocked
+converged at 1e4). The float32 and float64 updates ask for ``Precision.HIGHEST`` (a GPU's
+default would be TF32). On a CPU, XLA may carry out bfloat16 and float16 matmuls by converting
+them to float32 (the products of two such numbers are exact in float32, so only the order of the
+sums differs): CPU timings of the blocked path are not tensor-core timings.
 
 Carson and Higham allow the triangular solves of LU-IR in ``u_f`` or ``u``; they are in ``u``
 here (the factors' own errors dominate). Their GMRES-IR applies the preconditioned operator in
@@ -39,7 +67,7 @@ Stopping (host-side, after each refinement step ``i``, ``eta_i`` the normwise ba
 matrix, underflow or overflow in the low format) -> ``"factorization_failed"`` with the column,
 and ``x`` all NaN: no status but ``"converged"`` comes with a solution to trust.
 
-Measured limits (this implementation, 2026-11-23: ``A = matrix_with_condition(50, kappa,
+Measured limits (the emulated LU, 2026-11-23: ``A = matrix_with_condition(50, kappa,
 seed=s)``, geometric singular values, ``b = A @ ones``, seeds 0, 1, 2, fp64 working and residual
 formats, ``tol = sqrt(n) u = 7.9e-16``, GMRES tolerance 1e-4; kappa from 10 to 1e14 by factors
 of sqrt(10)). "Last" is the largest kappa at which all three seeds converged, "none from" the
@@ -92,6 +120,7 @@ from dp2ejax.arith.policy import PrecisionPolicy
 from dp2ejax.arith.rounding import round_to
 
 IR_METHODS = ("lu", "gmres")
+IR_FACTORIZATIONS = ("emulated", "blocked")
 IR_STATUSES = ("converged", "stagnated", "diverged", "max_iter", "factorization_failed")
 
 _THETA = 0.1  # Higham, Pranesh and Zounon's fraction of x_max used by the scaled matrix
@@ -181,6 +210,177 @@ def lu_rounded(a: jax.Array, fmt: str) -> tuple[jax.Array, jax.Array, jax.Array]
     return lax.fori_loop(0, n, step, init)
 
 
+# --- the blocked LU on native dtypes (what a GPU runs) -----------------------------------------
+
+# The formats the blocked LU runs natively: the trailing updates' operands are cast to these.
+_NATIVE_FACTOR_DTYPES = {"fp64": jnp.float64, "fp32": jnp.float32, "bf16": jnp.bfloat16,
+                         "fp16": jnp.float16}
+# The blocked LU's blocks run in up to this many lax.fori_loops ("stages"), each on a static
+# trailing window that shrinks from stage to stage (see _lu_blocked).
+_LU_STAGES = 4
+
+
+def _native_factor_name(fmt: FloatFormat, name: str) -> str:
+    """The name of the native JAX dtype's format equal to ``fmt`` (``"e8m7"`` is bf16), or a
+    ValueError naming the argument."""
+    for native in _NATIVE_FACTOR_DTYPES:
+        if dataclasses.replace(fmt, name=native) == get_format(native):
+            return native
+    raise ValueError(
+        f"{name}: the blocked LU (factorization='blocked') needs a format with a native JAX "
+        f"dtype ({', '.join(_NATIVE_FACTOR_DTYPES)}), got {fmt.name!r}; "
+        "factorization='emulated' handles any format")
+
+
+def _check_block_size(block_size: Any) -> int:
+    if (isinstance(block_size, bool) or not isinstance(block_size, int | np.integer)
+            or block_size < 1):
+        raise ValueError(f"block_size: expected an int >= 1, got {block_size!r}")
+    return int(block_size)
+
+
+def _lu_blocked_stage(a, perm, failed, *, first_block: int, stop_block: int, bs: int, n: int,
+                      fmt: str):
+    """Blocks ``first_block .. stop_block - 1`` of the blocked LU of the padded ``[N, N]`` matrix
+    ``a``, in a ``lax.fori_loop`` on the static trailing window ``a[o:, o:]``, ``o = first_block *
+    bs``; the stage's row swaps reach the columns left of the window once, at the end."""
+    storage = jnp.float64 if fmt == "fp64" else jnp.float32  # also the panels' dtype
+    operand = _NATIVE_FACTOR_DTYPES[fmt]
+    # float32 matmuls would run in TF32 on a GPU's tensor cores at the default precision
+    precision = lax.Precision.HIGHEST if fmt in ("fp64", "fp32") else lax.Precision.DEFAULT
+    o = first_block * bs
+    width = a.shape[0] - o
+    rows = jnp.arange(width)
+    unit_lower = jnp.tril(jnp.ones((bs, bs), bool), -1)
+
+    def block(t, state):
+        w, stage_rows, failed = state
+        c = t * bs  # the block's first row and column in the window
+        panel = lax.dynamic_slice(w, (0, c), (width, bs))
+        # rows c.. of the panel moved to the top over zero rows: a fixed-shape [width, bs] panel
+        # whose zero rows partial pivoting never picks (unless the column is all zero: failed)
+        active = lax.dynamic_slice(jnp.concatenate([panel, jnp.zeros_like(panel)]), (c, 0),
+                                   (width, bs))
+        lu_p, swaps, perm_p = lax.linalg.lu(active)
+        # the panel's row swaps on whole rows: row c + q <- row c + perm_p[q] for the <= 2 bs
+        # rows q that the swaps touch (a zero row picked clips; flagged below as a failure)
+        touched = jnp.concatenate([jnp.arange(bs, dtype=swaps.dtype), swaps])
+        dst = jnp.minimum(c + touched, width - 1)
+        src = jnp.minimum(c + perm_p[touched], width - 1)
+        w = w.at[dst].set(w[src])
+        stage_rows = stage_rows.at[dst].set(stage_rows[src])
+        shifted = lax.dynamic_slice(jnp.concatenate([jnp.zeros_like(lu_p), lu_p]),
+                                    (width - c, 0), (width, bs))
+        new_panel = jnp.where(rows[:, None] >= c, shifted, panel)
+        w = lax.dynamic_update_slice(w, new_panel, (0, c))
+        # U12 = L11^-1 A12 in the panels' dtype, on the block's rows right of the block
+        strip = lax.dynamic_slice(w, (c, 0), (bs, width))
+        l11 = jnp.where(unit_lower, lu_p[:bs], 0.0) + jnp.eye(bs, dtype=storage)
+        u12 = lax.linalg.triangular_solve(l11, strip, left_side=True, lower=True,
+                                          unit_diagonal=True)
+        right = rows[None, :] >= c + bs
+        u12 = jnp.where(right, u12, 0.0)
+        w = lax.dynamic_update_slice(w, jnp.where(right, u12, strip), (c, 0))
+        # A22 -= L21 U12: the tensor-core matmul, operands in the factor format, accumulated in
+        # the storage dtype; zero rows and columns outside A22 leave the rest of w unchanged
+        l21 = jnp.where(rows[:, None] >= c + bs, new_panel, 0.0)
+        update = jnp.matmul(l21.astype(operand), u12.astype(operand), precision=precision,
+                            preferred_element_type=storage)
+        w = w - update
+        # failure: a zero or non-finite pivot (or one from the zero rows), or a non-finite entry
+        # in a column of L or a row of U (an overflow of the trailing matrix shows in a later
+        # panel)
+        pivots = jnp.diagonal(lu_p[:bs])
+        bad = ((pivots == 0) | ~jnp.isfinite(pivots) | (perm_p[:bs] >= width - c)
+               | ~jnp.all(jnp.isfinite(lu_p), axis=0) | ~jnp.all(jnp.isfinite(u12), axis=1))
+        column = o + c + jnp.arange(bs)
+        bad = bad & (column < n)  # the identity padding is no column of A
+        failed = jnp.where((failed < 0) & jnp.any(bad), column[jnp.argmax(bad)], failed)
+        return w, stage_rows, failed.astype(jnp.int32)
+
+    init = (a[o:, o:], jnp.arange(width), failed)
+    w, stage_rows, failed = lax.fori_loop(0, stop_block - first_block, block, init)
+    a = a.at[o:, o:].set(w).at[o:, :o].set(a[o:, :o][stage_rows])
+    return a, perm.at[o:].set(perm[o:][stage_rows]), failed
+
+
+@functools.partial(jax.jit, static_argnames=("fmt", "block_size"))
+def _lu_blocked(a: jax.Array, fmt: str, block_size: int):
+    n = a.shape[0]
+    blocks = -(-n // block_size)
+    size = blocks * block_size
+    storage = jnp.float64 if fmt == "fp64" else jnp.float32
+    # padded to whole blocks with an identity block: no pivot search of a column of A sees a
+    # non-zero padding entry, and the padding rows and columns stay the identity
+    padded = jnp.eye(size, dtype=storage).at[:n, :n].set(a.astype(storage))
+    state = (padded, jnp.arange(size, dtype=jnp.int32), jnp.asarray(-1, jnp.int32))
+    # Fixed shapes, so one compiled loop body per stage instead of one per block (a Python loop
+    # over blocks would compile n / block_size bodies: 128 at n = 16384): each stage works on a
+    # static trailing window (the rows and columns of its blocks and beyond) and loops over its
+    # blocks with dynamic slices. Each block's rank-block_size update covers the whole window
+    # (masked to A22), so with one stage the updates would cost 2 N^3 flops and read and write
+    # the whole matrix once per block; with 4 stages of equal block counts about 0.47 of that
+    # (exactly shrinking windows: 1/3), for 4 bodies to compile (~1 s each on a CPU). Fewer
+    # than 4 blocks a stage save less than they cost to compile: small matrices get fewer.
+    stages = max(1, min(_LU_STAGES, blocks // 4))
+    bounds = [round(j * blocks / stages) for j in range(stages + 1)]
+    for first, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        state = _lu_blocked_stage(*state, first_block=first, stop_block=stop, bs=block_size, n=n,
+                                  fmt=fmt)
+    lu, perm, failed = state
+    return lu[:n, :n].astype(jnp.float64), perm[:n], failed
+
+
+def lu_blocked(a: jax.Array, fmt: str | FloatFormat, *,
+               block_size: int = 128) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Right-looking blocked LU with partial pivoting on native dtypes: the LU a GPU runs.
+
+    For each column block of ``block_size`` columns: the ``[n, block_size]`` panel is factored
+    with partial pivoting (:func:`jax.lax.linalg.lu`, i.e. getrf) in float32 (float64 when
+    ``fmt`` is fp64), the row swaps applied to whole rows; ``U12 = L11^-1 A12`` by a triangular
+    solve in the same dtype; then ``A22 -= L21 @ U12`` is a matmul whose operands are cast to
+    ``fmt``'s dtype (bfloat16, float16, float32, float64) with products accumulated in float32
+    (float64): the update a GPU runs on its tensor cores. ``A22`` is stored in float32 (float64)
+    between blocks. Jitted once per ``(n, block_size, fmt)``: the blocks run in a few
+    ``lax.fori_loop`` stages on a matrix padded to whole blocks with an identity block.
+
+    Args:
+      a: ``[n, n]`` float64 matrix (scaled to ``fmt``'s range by the caller).
+      fmt: ``"fp64"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (or a :class:`FloatFormat` equal to
+        one of them): the format of the trailing updates' operands.
+      block_size: columns per block (at most ``n`` are used).
+
+    Returns:
+      ``(lu, perm, failed)``: ``[n, n]`` float64 ``lu`` with the unit lower factor below the
+      diagonal and the upper factor on and above it (``a[perm] = L @ U`` up to the roundings),
+      ``[n]`` int32 ``perm``, and ``failed`` the first column whose pivot was zero or not
+      finite, or whose column of ``L`` or row of ``U`` was not finite, or -1 (the factors are
+      meaningless when it is not -1). The factors are float32 numbers (float64 for fp64),
+      not numbers of ``fmt``: its precision enters through the updates' operands.
+
+    Raises:
+      ValueError: ``a`` not square, ``fmt`` without a native dtype, or ``block_size`` not an
+        int >= 1.
+
+    Example:
+      >>> import jax, numpy as np
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> lu, perm, failed = lu_blocked(np.array([[1.0, 2.0], [3.0, 4.0]]), "bf16", block_size=1)
+      >>> np.asarray(lu).tolist(), np.asarray(perm).tolist(), int(failed)
+      ([[3.0, 4.0], [0.3333333432674408, 0.6640625]], [1, 0], -1)
+
+      The multiplier 1/3 is a float32 number, but the update ``2 - 4/3`` used its bf16 value
+      (0.333984375): ``2 - 4 * 0.333984375 = 0.6640625``.
+    """
+    f = _float_format(fmt, "fmt")
+    native = _native_factor_name(f, "fmt")
+    block_size = _check_block_size(block_size)
+    a = jnp.asarray(a, jnp.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(f"a: expected a non-empty square matrix, got shape {a.shape}")
+    return _lu_blocked(a, native, min(block_size, a.shape[0]))
+
+
 def _scaling(a: np.ndarray, fmt: FloatFormat) -> tuple[np.ndarray, np.ndarray, float]:
     """Powers of two ``r``, ``s``, ``mu`` with ``mu * diag(r) a diag(s)`` in ``fmt``'s range."""
 
@@ -220,11 +420,17 @@ def _backward_upper(lu, b):
     return lax.fori_loop(0, n, body, jnp.zeros_like(b))
 
 
-def _lu_solve(lu, perm, r_scale, s_scale, v):
+def _lu_solve(lu, perm, r_scale, s_scale, v, native: bool = False):
     """``A^-1 v`` through the factors of ``mu R A S`` (``lu`` holds ``U / mu``): ``S U^-1 L^-1
-    P R v``."""
-    y = _forward_unit_lower(lu, (r_scale * v)[perm])
-    return s_scale * _backward_upper(lu, y)
+    P R v``. ``native``: by ``lax.linalg.triangular_solve`` (blocked, for a float64 working
+    format, which nothing rounds); else by row loops of dot products that :func:`emulate` rounds
+    one by one (the loops are ``n`` sequential steps)."""
+    w = (r_scale * v)[perm]
+    if native:
+        y = lax.linalg.triangular_solve(lu, w[:, None], left_side=True, lower=True,
+                                        unit_diagonal=True)
+        return s_scale * lax.linalg.triangular_solve(lu, y, left_side=True, lower=False)[:, 0]
+    return s_scale * _backward_upper(lu, _forward_unit_lower(lu, w))
 
 
 def _gmres(op, rhs, m: int, tol):
@@ -290,7 +496,7 @@ def _gmres(op, rhs, m: int, tol):
 @functools.partial(jax.jit, static_argnames=("working",))
 def _initial_solve(lu, perm, r_scale, s_scale, b, working: str):
     def solve(lu, perm, r_scale, s_scale, b):
-        return round_to(_lu_solve(lu, perm, r_scale, s_scale, b), working)
+        return round_to(_lu_solve(lu, perm, r_scale, s_scale, b, working == "fp64"), working)
 
     return _in_format(solve, working)(lu, perm, r_scale, s_scale, b)
 
@@ -304,7 +510,8 @@ def _residual(a, x, b, fmt: str):
 def _lu_ir_step(lu, perm, r_scale, s_scale, x, r, working: str):
     def step(lu, perm, r_scale, s_scale, x, r):
         r = round_to(r, working)
-        return round_to(x + _lu_solve(lu, perm, r_scale, s_scale, r), working)
+        return round_to(x + _lu_solve(lu, perm, r_scale, s_scale, r, working == "fp64"),
+                        working)
 
     return _in_format(step, working)(lu, perm, r_scale, s_scale, x, r), jnp.asarray(0)
 
@@ -317,7 +524,7 @@ def _gmres_ir_step(lu, perm, r_scale, s_scale, a, x, r, gmres_tol, working: str,
         r = r / jnp.where(norm > 0, norm, 1.0)  # GMRES on a unit residual: no underflow
 
         def precondition(v):
-            return _lu_solve(lu, perm, r_scale, s_scale, v)
+            return _lu_solve(lu, perm, r_scale, s_scale, v, working == "fp64")
 
         d, steps = _gmres(lambda v: precondition(a @ v), precondition(r), krylov, gmres_tol)
         return round_to(x + norm * d, working), steps
@@ -343,6 +550,7 @@ class IRResult:
       gmres_iterations: GMRES steps of each refinement step (GMRES-IR; zeros for LU-IR).
       message: why it stopped, in words.
       failed_column: the column of the failed pivot (``"factorization_failed"``), else None.
+      factorization: ``"emulated"`` (:func:`lu_rounded`) or ``"blocked"`` (:func:`lu_blocked`).
     """
 
     x: np.ndarray
@@ -358,6 +566,7 @@ class IRResult:
     tol: float
     message: str
     failed_column: int | None = None
+    factorization: str = "emulated"
 
     @property
     def converged(self) -> bool:
@@ -379,7 +588,8 @@ class IRResult:
         """A few lines: the precisions, the status and the error history."""
         name = "LU-IR" if self.method == "lu" else "GMRES-IR"
         lines = [f"{name}: factors {self.factor_format}, working {self.working_format}, "
-                 f"residual {self.residual_format}; tol {self.tol:.2e}",
+                 f"residual {self.residual_format}; tol {self.tol:.2e}; "
+                 f"{self.factorization} LU",
                  f"status {self.status} after {self.iterations} step(s): {self.message}"]
         for i, eta in enumerate(self.backward_errors):
             line = f"  x_{i}: backward error {eta:.2e}"
@@ -435,6 +645,8 @@ def solve_ir(
     gmres_tol: float = 1e-4,
     gmres_max_iter: int | None = None,
     x_true: Any = None,
+    factorization: str = "emulated",
+    block_size: int = 128,
 ) -> IRResult:
     """Solves ``A x = b`` by mixed-precision iterative refinement (LU-IR or GMRES-IR).
 
@@ -456,6 +668,10 @@ def solve_ir(
       gmres_max_iter: the most GMRES steps per refinement step (its Krylov dimension; default
         ``min(n, 100)``; no restarts: refinement restarts it).
       x_true: the exact solution, if known: the forward errors are then recorded.
+      factorization: ``"emulated"`` (:func:`lu_rounded`: every operation rounded to
+        ``factor_format``, any format) or ``"blocked"`` (:func:`lu_blocked`: float32 panels,
+        matmul trailing updates on ``factor_format``'s native dtype; fp64, fp32, bf16, fp16).
+      block_size: the blocked LU's columns per block (``factorization="blocked"``).
 
     Returns:
       An :class:`IRResult`. Never raises for numerical failure: a singular or overflowing
@@ -463,7 +679,8 @@ def solve_ir(
 
     Raises:
       ValueError: ``A`` not square, ``b`` of the wrong shape, NaN or infinity in ``A`` or ``b``,
-        an unknown format or method, or a non-positive ``tol``/``max_iter``.
+        an unknown format, method or factorization, a non-positive ``tol``/``max_iter``/
+        ``block_size``, or ``factorization="blocked"`` with a format without a native dtype.
 
     Example:
       >>> import jax, numpy as np
@@ -489,7 +706,12 @@ def solve_ir(
         raise ValueError(f"x_true: expected shape ({n},), got {exact.shape}")
     if method not in IR_METHODS:
         raise ValueError(f"method: unknown method {method!r}; known: {', '.join(IR_METHODS)}")
+    if factorization not in IR_FACTORIZATIONS:
+        raise ValueError(f"factorization: unknown factorization {factorization!r}; known: "
+                         f"{', '.join(IR_FACTORIZATIONS)}")
+    block_size = _check_block_size(block_size)
     f_fmt = _float_format(factor_format, "factor_format")
+    native = _native_factor_name(f_fmt, "factor_format") if factorization == "blocked" else None
     w_fmt = _float_format(working_format, "working_format")
     r_fmt = w_fmt if residual_format is None else _float_format(residual_format,
                                                                 "residual_format")
@@ -503,16 +725,21 @@ def solve_ir(
         raise ValueError(f"gmres_max_iter: expected an int >= 1, got {gmres_max_iter!r}")
 
     common = dict(method=method, factor_format=f_fmt.name, working_format=w_fmt.name,
-                  residual_format=r_fmt.name, tol=tol)
+                  residual_format=r_fmt.name, tol=tol, factorization=factorization)
     r_scale, s_scale, mu = _scaling(a, f_fmt)
     scaled = mu * (r_scale[:, None] * a * s_scale[None, :])
-    lu, perm, failed = lu_rounded(jnp.asarray(scaled), f_fmt.name)
+    if native is None:
+        lu, perm, failed = lu_rounded(jnp.asarray(scaled), f_fmt.name)
+        what = f"the {f_fmt.name} LU factorisation"
+    else:
+        lu, perm, failed = _lu_blocked(jnp.asarray(scaled), native, min(block_size, n))
+        what = f"the blocked LU factorisation ({f_fmt.name} updates)"
     failed = int(failed)
     if failed >= 0:
         return IRResult(
             x=np.full(n, np.nan), status="factorization_failed", iterations=0,
             backward_errors=(), forward_errors=None if exact is None else (), gmres_iterations=(),
-            message=f"the {f_fmt.name} LU factorisation broke down at column {failed}: zero, "
+            message=f"{what} broke down at column {failed}: zero, "
                     "infinite or NaN pivot (A singular, or the format's range exceeded)",
             failed_column=failed, **common)
     lu = jnp.where(jnp.triu(jnp.ones((n, n), bool)), lu / mu, lu)  # U / mu: exact
