@@ -1,10 +1,11 @@
-"""The ``dp2ejax`` command: train, analyze, tune, report and bench, driven by TOML configs.
+"""The ``dp2ejax`` command: train, analyze, tune, report, bench and linalg, driven by TOML configs.
 
     dp2ejax train --config configs/quickstart.toml --set train.steps=100
     dp2ejax analyze --name quickstart_gcn
     dp2ejax tune --name quickstart_gcn
     dp2ejax report --name quickstart_gcn
     dp2ejax bench arith --quick
+    dp2ejax linalg --set linalg.ir_size=48
 
 A run lives in ``<run.out_dir>/<run.name>/`` (default ``runs/<name>``): its resolved
 ``config.toml``, ``metrics.jsonl``, Orbax ``checkpoints/``, ``results.json`` and the report.
@@ -158,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     bench.add_argument("script_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                        help="further arguments for the script")
+
+    linalg = sub.add_parser(
+        "linalg", formatter_class=raw, help="the mixed-precision linear-algebra study",
+        description=_wrap("Run experiments/linalg_study.py: LU-IR and GMRES-IR per factor "
+                    "format against the condition number, PageRank per storage/accumulation "
+                    "format pair, unite-and-conquer restarts against each co-method alone "
+                    "(the linalg.* keys). Writes results.json and the report into --out."))
+    linalg.add_argument("--config", metavar="TOML",
+                        help=f"the config whose [linalg] section is used (default: "
+                             f"{CONFIG_DIR}/quickstart.toml)")
+    _add_set(linalg, "e.g. linalg.ir_size=48")
+    linalg.add_argument("--out", metavar="DIR",
+                        help="output folder (default: <run.out_dir>/linalg)")
+    linalg.add_argument("--quiet", action="store_true", help="no progress messages")
     return parser
 
 
@@ -363,8 +378,21 @@ def _bench(args) -> int:
     return subprocess.run(command, cwd=REPO_ROOT).returncode
 
 
+def _linalg(args) -> int:
+    _import_experiments()
+    try:
+        from experiments import linalg_study
+    except ImportError as err:
+        raise CommandError(f"experiments/linalg_study.py cannot be imported ({err}); run from a "
+                           f"source checkout (pip install -e .)") from None
+    argv = [*(["--config", args.config] if args.config else []),
+            *sum((["--set", o] for o in args.overrides), []),
+            *(["--out", args.out] if args.out else []), *(["--quiet"] if args.quiet else [])]
+    return linalg_study.main(argv)
+
+
 _COMMANDS = {"train": _train, "analyze": _analyze, "tune": _tune, "report": _report,
-             "bench": _bench}
+             "bench": _bench, "linalg": _linalg}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 and validation once, at the edge, with errors that name the key.
 
 A config file has the sections of :class:`Config` (``[run]``, ``[graph]``, ``[gcn]``,
-``[task]``, ``[transformer]``, ``[train]``, ``[mesh]``, ``[analyze]``, ``[tune]``); every key is
+``[task]``, ``[transformer]``, ``[train]``, ``[mesh]``, ``[analyze]``, ``[tune]``, ``[linalg]``); every key is
 optional and defaults to the field's default. :func:`load_config` reads the file, applies
 overrides such as ``"train.steps=10"`` (values parsed as TOML literals, bare words as strings),
 and builds the dataclasses, raising :class:`ConfigError` (a ``ValueError``) that names the full
@@ -38,6 +38,7 @@ __all__ = [
     "ConfigError",
     "GCNConfig",
     "GraphConfig",
+    "LinalgConfig",
     "MeshConfig",
     "RunConfig",
     "TaskConfig",
@@ -47,6 +48,7 @@ __all__ = [
     "apply_overrides",
     "config_diff",
     "describe_schema",
+    "format_pair",
     "load_config",
     "parse_override",
     "training_policy",
@@ -54,6 +56,8 @@ __all__ = [
 
 EXPERIMENTS: tuple[str, ...] = ("gcn", "sparse_transformer")
 COST_MODELS: tuple[str, ...] = ("bits", "energy", "measured")
+IR_METHODS: tuple[str, ...] = ("lu", "gmres")
+EIGS_MATRICES: tuple[str, ...] = ("random_diagonal", "banded", "directed_sbm")
 
 
 class ConfigError(ValueError):
@@ -210,6 +214,44 @@ class TuneConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LinalgConfig:
+    """``[linalg]``: the mixed-precision linear-algebra study of the quickstart
+    (``experiments/linalg_study.py``): iterative refinement against the condition number,
+    PageRank per format pair, unite-and-conquer restarts against single co-methods."""
+
+    seed: int = _field(0, "seed of the IR test matrices, the PageRank graph and the eigenproblem",
+                       min=0)
+    ir_size: int = _field(32, "order n of the IR test matrices (matrix_with_condition)", min=2)
+    ir_conditions: list[float] = _field([1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8],
+                                        "2-norm condition numbers of the IR test matrices")
+    ir_formats: list[str] = _field(["fp32", "fp16", "bf16"],
+                                   "formats of the LU factors (working and residual: fp64)")
+    ir_methods: list[str] = _field(["lu", "gmres"],
+                                   "refinement methods: 'lu' (LU-IR) and/or 'gmres' (GMRES-IR)")
+    ir_gmres_steps: int = _field(10, "most GMRES steps per refinement step (at ir_size, GMRES "
+                                     "is a direct solver and converges at every kappa)", min=1)
+    pagerank_nodes: int = _field(2000, "nodes of PageRank's directed Erdos-Renyi graph", min=3)
+    pagerank_degree: float = _field(3.0, "its expected out-degree (a share exp(-degree) of the "
+                                         "nodes is dangling)", min_exclusive=0.0)
+    pagerank_pairs: list[str] = _field(
+        ["fp64/fp64", "fp32/fp32", "bf16/fp32", "fp16/fp16", "bf16/bf16", "fp8_e4m3/fp32"],
+        "'storage/accumulation' format pairs of PageRank, compared with fp64/fp64")
+    pagerank_cestac: list[str] = _field(["bf16/bf16"], "pairs (among pagerank_pairs) whose "
+                                                       "CESTAC digits are computed (each "
+                                                       "compiles for about 5 s)")
+    pagerank_top_k: int = _field(20, "Kendall tau and overlap with fp64 on the top k nodes",
+                                 min=1)
+    eigs_matrix: str = _field("random_diagonal", "non-symmetric sparse test matrix of the "
+                                                  "unite-and-conquer eigensolver",
+                              choices=EIGS_MATRICES)
+    eigs_size: int = _field(200, "its order", min=20)
+    eigs_k: int = _field(5, "wanted eigenvalues (largest modulus)", min=1)
+    eigs_subspace_sizes: list[int] = _field([12, 18, 24], "subspace size of each co-method "
+                                                          "(each above eigs_k)")
+    eigs_max_restarts: int = _field(150, "most Arnoldi cycles of each run", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run's configuration: one frozen dataclass per TOML section.
 
@@ -230,6 +272,7 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     analyze: AnalyzeConfig = dataclasses.field(default_factory=AnalyzeConfig)
     tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
+    linalg: LinalgConfig = dataclasses.field(default_factory=LinalgConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -605,6 +648,81 @@ def _check_config(cfg: Config) -> None:
     elif 2 * t.copy_length >= t.seq_len:
         raise ConfigError(f"task.seq_len: 2 * copy_length = {2 * t.copy_length} tokens must fit "
                           f"with room for filler, got seq_len = {t.seq_len}")
+    _check_linalg(cfg.linalg)
+
+
+def _distinct(key: str, values: list) -> None:
+    if not values:
+        raise ConfigError(f"{key}: expected a non-empty array")
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise ConfigError(f"{key}: lists {', '.join(twice)} twice")
+
+
+def format_pair(text: str, key: str = "pair") -> tuple[str, str]:
+    """``"storage/accumulation"`` -> the two canonical format names, or a ConfigError naming
+    ``key``.
+
+    Example:
+      >>> format_pair("bf16/fp32")
+      ('bf16', 'fp32')
+      >>> format_pair("bf16", "linalg.pagerank_pairs[0]")
+      Traceback (most recent call last):
+      ...
+      dp2ejax.config.ConfigError: linalg.pagerank_pairs[0]: expected 'storage/accumulation' (e.g. 'bf16/fp32'), got 'bf16'
+    """  # noqa: E501
+    from dp2ejax.arith.formats import get_format
+
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ConfigError(f"{key}: expected 'storage/accumulation' (e.g. 'bf16/fp32'), got "
+                          f"{text!r}")
+    try:
+        return get_format(parts[0].strip()).name, get_format(parts[1].strip()).name
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def _check_linalg(la: LinalgConfig) -> None:
+    """The [linalg] study's lists: known formats and methods, sizes that fit together."""
+    from dp2ejax.arith.formats import FloatFormat, get_format
+
+    for key in ("ir_conditions", "ir_formats", "ir_methods", "pagerank_pairs",
+                "eigs_subspace_sizes"):
+        _distinct(f"linalg.{key}", getattr(la, key))
+    for i, cond in enumerate(la.ir_conditions):
+        if not cond >= 1:
+            raise ConfigError(f"linalg.ir_conditions[{i}]: expected a condition number >= 1, "
+                              f"got {cond!r}")
+    for i, name in enumerate(la.ir_formats):
+        try:
+            fmt = get_format(name)
+        except (ValueError, KeyError) as err:
+            raise ConfigError(f"linalg.ir_formats[{i}]: {err}") from None
+        if not isinstance(fmt, FloatFormat):
+            raise ConfigError(f"linalg.ir_formats[{i}]: expected an IEEE-style float format "
+                              f"(fp32, fp16, bf16, fp8_e4m3, ...), got {name!r}")
+    for i, method in enumerate(la.ir_methods):
+        if method not in IR_METHODS:
+            raise ConfigError(f"linalg.ir_methods[{i}]: expected one of "
+                              f"{', '.join(map(repr, IR_METHODS))}, got {method!r}")
+    pairs = [format_pair(p, f"linalg.pagerank_pairs[{i}]")
+             for i, p in enumerate(la.pagerank_pairs)]
+    for i, text in enumerate(la.pagerank_cestac):
+        if format_pair(text, f"linalg.pagerank_cestac[{i}]") not in pairs:
+            raise ConfigError(f"linalg.pagerank_cestac[{i}]: {text!r} is not one of "
+                              f"linalg.pagerank_pairs")
+    if la.pagerank_top_k > la.pagerank_nodes:
+        raise ConfigError(f"linalg.pagerank_top_k: expected at most linalg.pagerank_nodes = "
+                          f"{la.pagerank_nodes}, got {la.pagerank_top_k}")
+    if la.eigs_k > la.eigs_size - 2:
+        raise ConfigError(f"linalg.eigs_k: expected at most linalg.eigs_size - 2 = "
+                          f"{la.eigs_size - 2}, got {la.eigs_k}")
+    for i, m in enumerate(la.eigs_subspace_sizes):
+        if not la.eigs_k < m <= la.eigs_size:
+            raise ConfigError(f"linalg.eigs_subspace_sizes[{i}]: expected a size above "
+                              f"linalg.eigs_k = {la.eigs_k} and at most linalg.eigs_size = "
+                              f"{la.eigs_size}, got {m}")
 
 
 def _policy(train: TrainConfig):

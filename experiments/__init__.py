@@ -38,8 +38,9 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
 
-# keys whose change does not make a run another run (moving the runs directory)
-_IGNORED_IN_RESUME = ("run.out_dir",)
+# keys whose change does not make a run another run (moving the runs directory; the [linalg]
+# study, which trains nothing)
+_IGNORED_IN_RESUME = ("run.out_dir", "linalg")
 
 
 @dataclasses.dataclass(frozen=True)

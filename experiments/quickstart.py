@@ -6,7 +6,10 @@
    precision;
 3. autotunes the GCN's per-layer precision under an accuracy budget;
 4. times block-sparse against dense attention at a few densities;
-5. writes ``runs/quickstart/report.html`` (+ ``.md``, ``.json``) and prints its path and a
+5. runs the mixed-precision linear-algebra study (``experiments/linalg_study.py``, ``[linalg]``):
+   LU-IR / GMRES-IR per factor format against the condition number, PageRank per format pair,
+   unite-and-conquer restarts against single co-methods;
+6. writes ``runs/quickstart/report.html`` (+ ``.md``, ``.json``) and prints its path and a
    summary table.
 
 Usage::
@@ -18,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 import time
@@ -70,17 +74,17 @@ def run(config: str | Path = DEFAULT_CONFIG, *, overrides=(), out_dir: str | Pat
     """Runs the quickstart; returns ``{"report": path, "results": dict}``."""
     from dp2ejax import cli
     from dp2ejax.report import write_report
-    from experiments import as_config, train_gcn, train_sparse_transformer
+    from experiments import as_config, linalg_study, train_gcn, train_sparse_transformer
 
     overrides = list(overrides) + ([f"run.out_dir={str(out_dir)!r}"] if out_dir else [])
     cfg = as_config(config, overrides)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     start = time.perf_counter()
 
-    say("[1/5] training the GCN")
+    say("[1/6] training the GCN")
     gcn = train_gcn.run(cfg, quiet=quiet)
     gcn_cfg = cfg.replace(run={"experiment": "gcn"})
-    say("[1/5] training the block-sparse transformer")
+    say("[1/6] training the block-sparse transformer")
     transformer = train_sparse_transformer.run(cfg, quiet=quiet)
     tf_cfg = cfg.replace(run={"experiment": "sparse_transformer"})
 
@@ -88,15 +92,17 @@ def run(config: str | Path = DEFAULT_CONFIG, *, overrides=(), out_dir: str | Pat
     def sets(section):  # the overrides of one section, for the analyze / tune commands
         return sum((["--set", o] for o in overrides if o.startswith(section + ".")), [])
 
-    say("[2/5] CESTAC digits and oversmoothing of the GCN")
+    say("[2/6] CESTAC digits and oversmoothing of the GCN")
     if cli.main(["analyze", "--run", gcn_dir, "--no-report", *sets("analyze")]) != 0:
         raise RuntimeError("dp2ejax analyze failed")
-    say("[3/5] autotuning the GCN's per-layer precision")
+    say("[3/6] autotuning the GCN's per-layer precision")
     if cli.main(["tune", "--run", gcn_dir, "--no-report", *sets("tune")]) != 0:
         raise RuntimeError("dp2ejax tune failed")
     gcn = cli._results(Path(gcn_dir))
-    say("[4/5] block-sparse vs dense attention")
+    say("[4/6] block-sparse vs dense attention")
     attention = attention_timings(attention_seq_len)
+    say("[5/6] mixed-precision linear algebra: IR, PageRank, unite and conquer")
+    linalg = linalg_study.run(cfg, quiet=quiet)
 
     summary = {
         "gcn test accuracy": gcn["summary"].get("test_accuracy"),
@@ -106,6 +112,7 @@ def run(config: str | Path = DEFAULT_CONFIG, *, overrides=(), out_dir: str | Pat
         "tuning evaluations": gcn.get("tuning", {}).get("evaluations"),
         "attention speed-up at the lowest density": attention[0]["dense_ms"]
         / attention[0]["sparse_ms"],
+        **linalg_study.headline(linalg),
         "seconds": round(time.perf_counter() - start, 1),
     }
     results = {
@@ -115,10 +122,12 @@ def run(config: str | Path = DEFAULT_CONFIG, *, overrides=(), out_dir: str | Pat
         "oversmoothing": gcn.get("oversmoothing"),
         "tuning": gcn.get("tuning"),
         "attention": attention,
-        "config": {"gcn": gcn.get("config"), "sparse_transformer": transformer.get("config")},
+        "linalg": linalg,
+        "config": {"gcn": gcn.get("config"), "sparse_transformer": transformer.get("config"),
+                   "linalg": dataclasses.asdict(cfg.linalg)},
     }
     results = {k: v for k, v in results.items() if v is not None}
-    say("[5/5] writing the report")
+    say("[6/6] writing the report")
     quickstart_dir = Path(cfg.run.out_dir) / "quickstart"
     paths = write_report(quickstart_dir, results, title="dp2ejax quickstart")
     summary["seconds"] = round(time.perf_counter() - start, 1)

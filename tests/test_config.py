@@ -63,7 +63,7 @@ def test_unknown_keys_name_the_dotted_key_and_the_known_ones(tmp_path):
         f"known keys in [train]: {known}")
     assert error(write(tmp_path, "[trian]\nsteps = 3\n")) == (
         f"unknown section 'trian' (from {tmp_path / 'c.toml'}); did you mean 'train'? known "
-        f"sections: analyze, gcn, graph, mesh, run, task, train, transformer, tune")
+        f"sections: analyze, gcn, graph, linalg, mesh, run, task, train, transformer, tune")
     assert error(write(tmp_path, "steps = 3\n")).startswith("unknown section 'steps'")
     assert error(write(tmp_path, "train = 3\n")).startswith(
         "train: expected a table [train], got 3 (integer)")

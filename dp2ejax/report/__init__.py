@@ -2,7 +2,8 @@
 
 :func:`write_report` lays out whichever sections a run produced — headline numbers, training
 curves, CESTAC digits per layer, oversmoothing per precision, the tuned policy against uniform
-ones, block-sparse attention speed against density, the configuration and the versions — with
+ones, block-sparse attention speed against density, mixed-precision linear algebra (iterative
+refinement, PageRank, unite and conquer), the configuration and the versions — with
 matplotlib figures (Agg canvas, no pyplot) embedded in the HTML and saved as PNG files for the
 Markdown.
 """

@@ -689,6 +689,309 @@ def attention_section(data: Any) -> list[Block]:
     return blocks
 
 
+# --- mixed-precision linear algebra --------------------------------------------------------------
+
+_IR_METHODS = {"lu": ("LU-IR", "-", "o"), "gmres": ("GMRES-IR", "--", "s")}
+
+
+def _method_style(method: Any) -> tuple[str, str, str]:
+    return _IR_METHODS.get(str(method), (str(method), ":", "^"))
+
+
+def _kappa(value: Any) -> str | None:
+    return f"{value:.2g}" if _is_real(value) else None
+
+
+def ir_convergence_limits(runs: Sequence[Mapping]) -> list[dict[str, Any]]:
+    """Per (factor format, method) of iterative-refinement runs, in order of appearance: the
+    largest condition number at which it converged, the smallest at which it did not, and the
+    refinement (and GMRES) steps at the largest.
+
+    Example:
+      >>> runs = [{"factor_format": "fp16", "method": "lu", "condition": c, "status": s,
+      ...          "iterations": i} for c, s, i in ((1e2, "converged", 6),
+      ...                                           (1e3, "converged", 9), (1e4, "stagnated", 2))]
+      >>> limit = ir_convergence_limits(runs)[0]
+      >>> limit["largest_converged"], limit["first_failure"], limit["iterations_at_largest"]
+      (1000.0, 10000.0, 9)
+    """
+    groups: dict[tuple[str, str], list[Mapping]] = {}
+    for run in runs:
+        if _is_real(run.get("condition")):
+            key = (str(run.get("factor_format", MISSING)), str(run.get("method", MISSING)))
+            groups.setdefault(key, []).append(run)
+    out = []
+    for (fmt, method), group in groups.items():
+        converged = [r for r in group if r.get("status") == "converged"]
+        failed = [r for r in group if r.get("status") != "converged"]
+        top = max(converged, key=lambda r: r["condition"], default=None)
+        first = min(failed, key=lambda r: r["condition"], default=None)
+        out.append({
+            "factor_format": fmt, "method": method,
+            "largest_converged": None if top is None else float(top["condition"]),
+            "first_failure": None if first is None else float(first["condition"]),
+            "iterations_at_largest": None if top is None else top.get("iterations"),
+            "gmres_steps_at_largest": None if top is None or method != "gmres"
+            else top.get("gmres_steps")})
+    return out
+
+
+def _expect_rows(where: str, data: Any, required: Sequence[str]) -> list[Mapping]:
+    if not isinstance(data, list):
+        raise ValueError(f"{where}: expected a list of dicts with {', '.join(map(repr, required))}"
+                         f", got a {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{where}[{i}]: expected a dict, got a {type(row).__name__}")
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise ValueError(f"{where}[{i}]: missing {', '.join(map(repr, missing))}")
+    return data
+
+
+def _ir_blocks(ir: Mapping) -> list[Block]:
+    where = "results['linalg']['ir']"
+    runs = _expect_rows(f"{where}['runs']", ir.get("runs", []),
+                        ("factor_format", "method", "condition"))
+    for i, run in enumerate(runs):
+        if not (_is_real(run["condition"]) and run["condition"] > 0):
+            raise ValueError(f"{where}['runs'][{i}]: 'condition' must be a positive number, got "
+                             f"{run['condition']!r}")
+    blocks: list[Block] = [Heading("Iterative refinement against the condition number")]
+    facts = [f"A = matrix_with_condition(n = {ir.get('n', '?')}, kappa, seed "
+             f"{ir.get('seed', '?')}), b = A·1"]
+    if ir.get("working_format"):
+        facts.append(f"working and residual format {ir['working_format']}")
+    if _is_real(ir.get("tol")):
+        facts.append(f"tolerance {ir['tol']:.2g} on the backward error")
+    if ir.get("gmres_max_iter") is not None:
+        facts.append(f"at most {ir['gmres_max_iter']} GMRES steps per refinement step")
+    blocks.append(Paragraph("; ".join(facts) + "."))
+    if not runs:
+        blocks.append(Paragraph("No iterative-refinement runs."))
+        return blocks
+    formats = list(dict.fromkeys(str(r["factor_format"]) for r in runs))
+    methods = list(dict.fromkeys(str(r["method"]) for r in runs))
+    lines = {}
+    for fmt in formats:
+        for method in methods:
+            group = sorted((r for r in runs if str(r["factor_format"]) == fmt
+                            and str(r["method"]) == method), key=lambda r: r["condition"])
+            if group:
+                lines[fmt, method] = (
+                    np.array([r["condition"] for r in group], np.float64),
+                    positive(as_floats([r.get("backward_error") if _is_number(
+                        r.get("backward_error")) else None for r in group])),
+                    np.array([r.get("status") == "converged" for r in group]))
+    tol = ir.get("tol") if _is_real(ir.get("tol")) and ir["tol"] > 0 else None
+    if any(np.isfinite(y).any() for _, y, _ in lines.values()):
+        def draw(fig, axes):
+            ax = axes[0]
+            for (fmt, method), (x, y, ok) in lines.items():
+                name, style, marker = _method_style(method)
+                c = color(formats.index(fmt))
+                ax.plot(x, y, linestyle=style, color=c, linewidth=1.2, label=f"{fmt} {name}")
+                ax.plot(x[ok], y[ok], marker, color=c, markersize=5, linestyle="none")
+                ax.plot(x[~ok], y[~ok], marker, color=c, markersize=6, linestyle="none",
+                        markerfacecolor="none")
+            if tol is not None:
+                ax.axhline(tol, color="k", linewidth=0.8, linestyle=":",
+                           label=f"tolerance {tol:.2g}")
+            ax.plot([], [], "o", color="0.4", markerfacecolor="none", linestyle="none",
+                    label="not converged")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(r"condition number $\kappa_2(A)$")
+            ax.set_ylabel("final backward error")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+        blocks.append(draw_image(
+            "linalg-ir", f"Final backward error of LU-IR and GMRES-IR against the condition "
+            f"number, log-log, per factor format ({', '.join(formats)}), with the tolerance",
+            "Final backward error against kappa: solid LU-IR, dashed GMRES-IR, one color per "
+            "factor format; hollow markers did not converge; dotted: the tolerance.", draw,
+            figsize=(8.0, 3.8)))
+    blocks.append(_table(
+        ("factors", "method", "largest κ converged", "first κ not converged",
+         "steps at that κ", "GMRES steps at that κ"),
+        [[row["factor_format"], _method_style(row["method"])[0],
+          _kappa(row["largest_converged"]) or "none", _kappa(row["first_failure"]),
+          row["iterations_at_largest"], row["gmres_steps_at_largest"]]
+         for row in ir_convergence_limits(runs)]))
+    conditions = sorted({float(r["condition"]) for r in runs})
+    cells = {(str(r["factor_format"]), str(r["method"]), float(r["condition"])): r for r in runs}
+
+    def cell(run):
+        if run is None:
+            return None
+        if run.get("status") == "converged":
+            return f"{run.get('iterations', '?')} steps"
+        return str(run.get("status", MISSING))
+
+    blocks.append(_table(
+        ["factors", "method"] + [f"κ = {_kappa(c)}" for c in conditions],
+        [[fmt, _method_style(method)[0]] + [cell(cells.get((fmt, method, c)))
+                                            for c in conditions]
+         for fmt in formats for method in methods if (fmt, method) in lines]))
+    return blocks
+
+
+def _pagerank_blocks(pr: Mapping) -> list[Block]:
+    where = "results['linalg']['pagerank']"
+    runs = _expect_rows(f"{where}['runs']", pr.get("runs", []),
+                        ("storage_format", "accumulation_format"))
+    blocks: list[Block] = [Heading("PageRank per format pair")]
+    graph = pr.get("graph") if isinstance(pr.get("graph"), Mapping) else {}
+    facts = [f"{graph.get('name', 'graph')}: {graph.get('nodes', '?')} nodes, "
+             f"{graph.get('edges', '?')} edges, {graph.get('dangling', '?')} dangling"]
+    if pr.get("alpha") is not None:
+        facts.append(f"alpha {pr['alpha']}")
+    facts.append(f"ranking against fp64/fp64 on the top {pr.get('top_k', 'k')} nodes")
+    blocks.append(Paragraph("; ".join(facts) + "."))
+    if not runs:
+        blocks.append(Paragraph("No PageRank runs."))
+        return blocks
+    labels = [f"{r['storage_format']}/{r['accumulation_format']}" for r in runs]
+    taus = [r.get("kendall_tau_top_k") for r in runs]
+    taus = [t if _is_real(t) else None for t in taus]
+    if any(t is not None for t in taus):
+        accumulations = list(dict.fromkeys(str(r["accumulation_format"]) for r in runs))
+
+        def draw(fig, axes):
+            ax = axes[0]
+            low = min(t for t in taus if t is not None)
+            left = max(-1.0, low - 0.15 * (1.0 - low) - 0.02)
+            y = np.arange(len(runs))[::-1]
+            for yi, run, tau in zip(y, runs, taus, strict=True):
+                if tau is None:
+                    continue
+                c = color(accumulations.index(str(run["accumulation_format"])))
+                ax.plot([left, tau], [yi, yi], color=c, linewidth=1.0)
+                ax.plot(tau, yi, "o", color=c, markersize=7)
+                ax.annotate(f"{tau:.3f}", (tau, yi), textcoords="offset points",
+                            xytext=(0, 7), ha="center", fontsize="small")
+            ax.set_yticks(y, labels, fontsize="small")
+            ax.set_xlim(left, 1.0 + 0.08 * (1.0 - left))
+            ax.set_ylim(-0.6, len(runs) - 0.2)
+            ax.axvline(1.0, color="k", linewidth=0.8)
+            ax.set_xlabel("Kendall tau of the top-k against fp64")
+            ax.set_ylabel("storage / accumulation")
+            ax.grid(alpha=0.3, axis="x")
+
+        blocks.append(draw_image(
+            "linalg-pagerank-tau", f"Kendall tau of the PageRank top-k against fp64 for each "
+            f"storage/accumulation format pair ({', '.join(labels)})",
+            "Kendall tau of the top-k ranking against fp64, per storage/accumulation pair (one "
+            "color per accumulation format).", draw,
+            figsize=(6.4, max(2.4, 0.45 * len(runs) + 1.0))))
+    blocks.append(_table(
+        ("storage", "accumulation", "status", "iterations", "Kendall tau (top k)",
+         "top-k overlap", "max |diff| vs fp64", "CESTAC digits (median)"),
+        [[r["storage_format"], r["accumulation_format"], r.get("status"), r.get("iterations"),
+          r.get("kendall_tau_top_k"), r.get("top_k_overlap"), r.get("max_abs_diff_fp64"),
+          r.get("digits_median")] for r in runs]))
+    return blocks
+
+
+def _eigs_blocks(eigs: Mapping) -> list[Block]:
+    where = "results['linalg']['eigs']"
+    alone = _expect_rows(f"{where}['alone']", eigs.get("alone", []),
+                         ("subspace_size", "restarts"))
+    uc = eigs.get("uc")
+    if uc is not None:
+        uc = _expect_mapping(f"{where}['uc']", uc, "a dict with 'restarts', 'history'")
+    blocks: list[Block] = [Heading("Unite and conquer against single co-methods")]
+    sizes = eigs.get("subspace_sizes") or [r["subspace_size"] for r in alone]
+    size_text = ", ".join(str(m) for m in sizes)
+    blocks.append(Paragraph(
+        f"eigs_uc: the {eigs.get('k', '?')} eigenvalues of largest modulus of the "
+        f"{eigs.get('matrix', '?')} matrix (n = {eigs.get('n', '?')}); co-methods of subspace "
+        f"sizes {size_text} together (unite and conquer) and each alone; tolerance "
+        f"{format_value(eigs.get('tol'))} on the largest relative residual."))
+    best = eigs.get("best_alone") if isinstance(eigs.get("best_alone"), Mapping) else None
+    if uc is not None and best is not None:
+        text = (f"Unite and conquer: {format_value(uc.get('restarts'))} restarts"
+                f"{'' if uc.get('converged', True) else ' (not converged)'}; best single "
+                f"co-method (m = {format_value(best.get('subspace_size'))}): "
+                f"{format_value(best.get('restarts'))} restarts"
+                f"{'' if best.get('converged', True) else ' (not converged)'}.")
+        dropped = [d for d in uc.get("dropped") or [] if isinstance(d, Mapping)]
+        if dropped:
+            text += " Dropped co-methods: " + ", ".join(
+                f"m = {d.get('subspace_size', d.get('method'))} ({d.get('reason')})"
+                for d in dropped) + "."
+        blocks.append(Paragraph(text))
+    curves = []
+    if uc is not None and _numeric_series(uc.get("history")) is not None:
+        curves.append((f"unite and conquer ({size_text})", positive(
+            _numeric_series(uc["history"])), "k", 2.0))
+    for i, run in enumerate(alone):
+        y = _numeric_series(run.get("history"))
+        if y is not None:
+            curves.append((f"m = {run['subspace_size']} alone", positive(y), color(i), 1.1))
+    tol = eigs.get("tol") if _is_real(eigs.get("tol")) and eigs["tol"] > 0 else None
+    if any(np.isfinite(y).any() for _, y, _, _ in curves):
+        def draw(fig, axes):
+            ax = axes[0]
+            for label, y, c, width in curves:
+                ax.plot(np.arange(1, y.size + 1), y, color=c, linewidth=width, label=label)
+            if tol is not None:
+                ax.axhline(tol, color="k", linewidth=0.8, linestyle=":",
+                           label=f"tolerance {tol:.2g}")
+            ax.set_yscale("log")
+            _integer_ticks(ax)
+            ax.set_xlabel("Arnoldi cycle (restart)")
+            ax.set_ylabel("largest relative residual (best co-method)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+
+        blocks.append(draw_image(
+            "linalg-eigs-history", f"Best largest relative residual per Arnoldi cycle, log "
+            f"scale, of the unite-and-conquer run and of each co-method alone "
+            f"(subspace sizes {size_text})",
+            "Residual per cycle: unite and conquer (black) against each co-method alone; "
+            "dotted: the tolerance.", draw))
+    best_index = best.get("index") if best is not None else None
+    rows = []
+    if uc is not None:
+        rows.append(["unite and conquer", size_text, uc.get("restarts"), uc.get("converged"),
+                     uc.get("final_residual"), None])
+    for i, run in enumerate(alone):
+        rows.append([f"m = {run['subspace_size']} alone", str(run["subspace_size"]),
+                     run.get("restarts"), run.get("converged"), run.get("final_residual"),
+                     "best single co-method" if i == best_index else None])
+    if rows:
+        blocks.append(_table(("run", "subspace sizes", "restarts", "converged",
+                              "final residual", "note"), rows))
+    return blocks
+
+
+def linalg_section(data: Any) -> list[Block]:
+    """``{"ir": {...}, "pagerank": {...}, "eigs": {...}}`` (``experiments/linalg_study.py``;
+    each part optional) -> the final backward error of LU-IR and GMRES-IR against the condition
+    number with the convergence limit per format and method, PageRank's ranking agreement with
+    fp64 per format pair, and the residual history of unite and conquer against each co-method
+    alone with their restarts."""
+    data = _expect_mapping("results['linalg']", data,
+                           "a dict with 'ir', 'pagerank' and/or 'eigs'")
+    blocks: list[Block] = []
+    for part, build in (("ir", _ir_blocks), ("pagerank", _pagerank_blocks),
+                        ("eigs", _eigs_blocks)):
+        if data.get(part) is not None:
+            blocks.extend(build(_expect_mapping(f"results['linalg'][{part!r}]", data[part],
+                                                "a dict")))
+    if not blocks:
+        return [Paragraph("No linear-algebra results.")]
+    seconds = data.get("seconds")
+    if isinstance(seconds, Mapping) and all(_is_real(v) for v in seconds.values()) and seconds:
+        blocks.append(Paragraph(
+            f"Computed in {sum(seconds.values()):.1f} s ("
+            + ", ".join(f"{part} {value:.1f} s" for part, value in seconds.items())
+            + "), compilation included."))
+    return blocks
+
+
 # --- the registry --------------------------------------------------------------------------------
 
 SECTIONS: dict[str, tuple[str, Callable[[Any], list[Block]]]] = {
@@ -698,6 +1001,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], list[Block]]]] = {
     "oversmoothing": ("Oversmoothing per precision", oversmoothing_section),
     "tuning": ("Tuned policy against uniform policies", tuning_section),
     "attention": ("Block-sparse attention: speed against density", attention_section),
+    "linalg": ("Mixed-precision linear algebra", linalg_section),
     "config": ("Configuration", config_section),
     "versions": ("Versions", versions_section),
 }

@@ -104,6 +104,10 @@ def write_report(run_dir: str | os.PathLike, results: Mapping[str, Any], *,
     - ``"attention"``: ``bench_attention.py`` cases (or its whole JSON), or short rows
       ``{"seq_len", "density", "sparse_ms", "dense_ms"}``: time and speed-up against block
       density, and a table.
+    - ``"linalg"``: ``experiments/linalg_study.py``'s ``{"ir", "pagerank", "eigs"}`` (each
+      optional): final backward error of LU-IR / GMRES-IR against the condition number per
+      factor format and the convergence limits, Kendall tau against fp64 per PageRank format
+      pair, unite-and-conquer residual per cycle against each co-method alone and the restarts.
     - ``"config"``: the run's configuration (a TOML block).
     - ``"versions"``: ``{component: version}``; filled by :func:`collect_versions` when absent.
 

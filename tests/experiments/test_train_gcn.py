@@ -130,6 +130,14 @@ def test_changed_config_refuses_to_resume(tmp_path):
     assert [row["step"] for row in read_metrics(cfg.run_dir)] == [1, 2]
 
 
+def test_linalg_study_keys_do_not_stop_a_resume(tmp_path):
+    # [linalg] configures the linear-algebra study, which trains nothing
+    cfg = config(tmp_path, "linalg")
+    train_gcn.run(cfg, stop_after=5)  # a checkpoint every 5 steps
+    resumed = train_gcn.run(config(tmp_path, "linalg", "linalg.ir_size=48"))
+    assert resumed["summary"]["resumed_from"] == 5
+
+
 def test_bad_configs_fail_before_creating_the_run(tmp_path):
     # passes the schema but not the generator: p_in would exceed 1
     cfg = config(tmp_path, "impossible", "graph.num_nodes=12", "graph.avg_degree=30.0")

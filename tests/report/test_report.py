@@ -25,6 +25,7 @@ FIGURES = {
     "oversmoothing": {"oversmoothing-distance", "oversmoothing-energy", "oversmoothing-digits"},
     "tuning": {"tuning-accuracy-cost"},
     "attention": {"attention-density"},
+    "linalg": {"linalg-ir"},
 }
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)">')
 
@@ -94,6 +95,13 @@ RESULTS = {
     },
     "attention": [bench_case(2048, 0.0625, 0.01, 0.08), bench_case(2048, 0.5, 0.08, 0.08),
                   bench_case(4096, 0.125, 0.05, None)],
+    "linalg": {"ir": {"tol": 1e-15, "runs": [  # tests/report/test_linalg_section.py: the rest
+        {"factor_format": "fp16", "method": method, "condition": cond, "status": status,
+         "iterations": 3, "backward_error": eta}
+        for method, cond, status, eta in (("lu", 10.0, "converged", 1e-16),
+                                          ("lu", 1e5, "stagnated", 1e-6),
+                                          ("gmres", 10.0, "converged", 1e-16),
+                                          ("gmres", 1e5, "converged", 2e-16))]}},
     "config": {"graph": {"nodes": 40, "seed": 0}, "sweep": {"policies": ["fp64", "bf16"]}},
     "versions": {"python": "3.11", "jax": "0.10", "date": "2025-01-01"},
 }
@@ -228,6 +236,7 @@ def test_missing_optional_fields_are_skipped(tmp_path):
                    "feasible": False, "reason": "no policy meets the criterion"},
         "attention": [{"seq_len": 512, "density": 0.25, "sparse_ms": 1.0},
                       bench_case(1024, 0.5, 0.002, None)],
+        "linalg": {"pagerank": {"runs": []}},
         "config": {"a": None},
         "versions": {},
     }
