@@ -21,6 +21,7 @@ MODULES = [
     "dp2ejax.cestac.digits",
     "dp2ejax.cestac.analyze",
     "dp2ejax.cestac.layers",
+    "dp2ejax.config",
     "dp2ejax.graph.data",
     "dp2ejax.graph.gcn",
     "dp2ejax.graph.generators",
