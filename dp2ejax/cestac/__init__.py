@@ -1,7 +1,7 @@
 """CESTAC discrete stochastic arithmetic: exact significant digits and numerical instabilities
 of JAX functions and Flax models, in any emulated format (what CADNA gives C programs)."""
 
-from dp2ejax.cestac.analyze import SAMPLE_AXIS, CestacResult, analyze
+from dp2ejax.cestac.analyze import SAMPLE_AXIS, CestacResult, analyze, random_policy
 from dp2ejax.cestac.digits import (
     computational_zero,
     precision_digits,
@@ -21,6 +21,7 @@ __all__ = [
     "analyze_layers",
     "computational_zero",
     "precision_digits",
+    "random_policy",
     "significant_digits",
     "student_t_975",
 ]

@@ -190,7 +190,7 @@ def analyze(
     if comparisons not in COMPARISON_MODES:
         raise ValueError(f"comparisons must be one of {COMPARISON_MODES}, got {comparisons!r}")
     fmt = get_format(fmt)
-    policy = _random_policy(policy, fmt)
+    policy = random_policy(policy, fmt)
     formats = policy.formats()
     narrowest = min(formats, key=lambda f: f.precision) if formats else fmt
     widest = max(formats, key=lambda f: f.precision) if formats else fmt
@@ -239,7 +239,14 @@ def analyze(
     )
 
 
-def _random_policy(policy: PrecisionPolicy | None, fmt: Format) -> PrecisionPolicy:
+def random_policy(policy: PrecisionPolicy | None, fmt: Format | str = "fp64") -> PrecisionPolicy:
+    """The policy of CESTAC's samples: ``policy`` with every rounding rule switched to the
+    ``random`` mode (up or down with probability 1/2), or uniform random rounding to ``fmt``.
+
+    Example:
+      >>> random_policy(None, "bf16").default.mode
+      'random'
+    """
     if policy is None:
         return PrecisionPolicy.uniform(fmt, "random")
     if not isinstance(policy, PrecisionPolicy):

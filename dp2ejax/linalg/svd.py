@@ -32,6 +32,8 @@ from jax import lax
 
 from dp2ejax.arith import PrecisionPolicy, emulate, get_format, round_to
 from dp2ejax.arith.formats import carrier_format
+from dp2ejax.cestac.analyze import random_policy
+from dp2ejax.cestac.digits import precision_digits, significant_digits
 from dp2ejax.sparse.csr import CSR
 
 METHODS = ("randomized", "lanczos")
@@ -48,6 +50,8 @@ class SVDResult:
       method: ``"randomized"`` or ``"lanczos"``.
       format: the name of the format (or the policy) the products ran in.
       matvecs: products of ``A`` or ``A^T`` with one vector (a block of ``l`` columns counts ``l``).
+      digits: ``[k]`` CESTAC exact significant digits of each singular value (with
+        ``cestac=True``), or None.
     """
 
     U: jax.Array | None
@@ -56,6 +60,7 @@ class SVDResult:
     method: str
     format: str
     matvecs: int
+    digits: np.ndarray | None = None
 
 
 def carrier_dtype():
@@ -191,6 +196,28 @@ def _golub_kahan(a, at, v0, steps: int):
     return u_basis, v_basis[:, :steps], alpha, beta[: steps - 1]
 
 
+def _singular_values(a, at, start, *, method: str, k: int, steps: int) -> jax.Array:
+    """The ``k`` singular values from the range/Krylov stage and the small SVD (unrounded: the
+    caller emulates it)."""
+    if method == "randomized":
+        _, b = _randomized_range(a, at, start, steps)
+        return jnp.linalg.svd(b, compute_uv=False)[:k]
+    _, _, alpha, beta = _golub_kahan(a, at, start, steps)
+    return jnp.linalg.svd(jnp.diag(alpha) + jnp.diag(beta, 1), compute_uv=False)[:k]
+
+
+@functools.partial(jax.jit, static_argnames=("method", "policy", "k", "steps"))
+def _cestac_digits(a, at, start, keys, *, method: str, policy: PrecisionPolicy, k: int,
+                   steps: int) -> jax.Array:
+    """CESTAC digits of the singular values: one emulated run per key with random rounding."""
+    values = emulate(functools.partial(_singular_values, method=method, k=k, steps=steps),
+                     policy)
+    samples = jax.vmap(lambda key: values(a, at, start, rounding_key=key))(keys)
+    formats = policy.formats()
+    bits = min(f.precision for f in formats) if formats else jnp.finfo(start.dtype).nmant + 1
+    return significant_digits(samples, max_digits=precision_digits(bits))
+
+
 @functools.partial(jax.jit, static_argnames=("method", "policy", "k", "steps",
                                              "return_vectors"))
 def _svds_program(a, at, start, *, method: str, policy: PrecisionPolicy | None, k: int,
@@ -237,7 +264,8 @@ def _check_count(value: Any, name: str, minimum: int) -> int:
 
 def svds(a: Any, k: int, *, method: str = "randomized", format: Any = "fp64",
          oversampling: int = 10, power_iterations: int = 2, lanczos_steps: int | None = None,
-         seed: int = 0, return_vectors: bool = True) -> SVDResult:
+         seed: int = 0, return_vectors: bool = True, cestac: bool = False,
+         cestac_samples: int = 3, key: jax.Array | None = None) -> SVDResult:
     """The ``k`` largest singular triplets of ``A`` (dense or CSR), in any format.
 
     Args:
@@ -255,12 +283,23 @@ def svds(a: Any, k: int, *, method: str = "randomized", format: Any = "fp64",
         ``L = min(m, n)`` is a full factorisation).
       seed: seed of the Gaussian test matrix or the Lanczos start vector.
       return_vectors: also return ``U`` and ``Vt``.
+      cestac: also give the CESTAC exact significant digits of each singular value
+        (``digits``): the range/Krylov stage and the small SVD run ``cestac_samples`` times
+        with random rounding (:func:`dp2ejax.cestac.random_policy`) of the same format, from the
+        same test matrix or start vector. They measure the rounding errors only, not the
+        method's own error (a randomized SVD without a spectral gap can hold 15 exact digits of
+        inaccurate singular values). Each sample is an emulated run: about 15 s of compilation on
+        a CPU in fp32 or below; in the carrier's own format (fp64 under x64) random rounding
+        needs error-free transformations of every operation and compiles for minutes.
+      cestac_samples: the number of samples (>= 2; CADNA uses 3).
+      key: PRNG key of the random roundings (default ``jax.random.key(0)``).
 
     Returns:
       An :class:`SVDResult`.
 
     Raises:
-      ValueError: for ``k`` out of range, NaN/inf in ``A``, an unknown method or format.
+      ValueError: for ``k`` out of range, NaN/inf in ``A``, an unknown method or format, or
+        ``cestac_samples`` below 2.
 
     Example:
       >>> import numpy as np
@@ -298,7 +337,16 @@ def svds(a: Any, k: int, *, method: str = "randomized", format: Any = "fp64",
             raise ValueError(f"lanczos_steps: expected at most min(m, n) = {limit}, got {steps}")
         start = jax.random.normal(key, (n,), dtype)
         matvecs = 2 * steps
+    if cestac:
+        cestac_samples = _check_count(cestac_samples, "cestac_samples", 2)
     u, s, vt = _svds_program(a, at, start, method=method, policy=policy, k=k, steps=steps,
                              return_vectors=bool(return_vectors))
-    return SVDResult(U=u, s=s, Vt=vt, method=method, format=name, matvecs=int(matvecs))
+    digits = None
+    if cestac:
+        keys = jax.random.split(jax.random.key(0) if key is None else key, cestac_samples)
+        noisy = random_policy(policy, carrier_format(dtype))
+        digits = np.asarray(_cestac_digits(a, at, start, keys, method=method, policy=noisy, k=k,
+                                           steps=steps), np.float64)
+    return SVDResult(U=u, s=s, Vt=vt, method=method, format=name, matvecs=int(matvecs),
+                     digits=digits)
 

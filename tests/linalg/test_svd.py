@@ -117,3 +117,19 @@ def test_bad_input():
         svds(DENSE, 2, format="fp7")
     with pytest.raises(ValueError, match="2-D"):
         svds(np.ones(5), 1)
+
+
+def test_cestac_digits_bound_the_rounding_error():
+    # Lanczos on a small sparse matrix: with fp64 the method error is ~1e-15, so the bf16
+    # run's error is its rounding error; CESTAC's digits (3 samples) must match it within a
+    # digit (CESTAC's estimate is reliable to about one digit) and not exceed bf16's 2.4.
+    rng = np.random.default_rng(1)
+    matrix = sp.random(60, 40, density=0.1, random_state=rng, format="csr")
+    exact = np.sort(sla.svds(matrix, 3, tol=1e-14, random_state=0)[1])[::-1]
+    result = svds(matrix, 3, method="lanczos", format="bf16", cestac=True)
+    assert result.digits.shape == (3,)
+    actual = -np.log10(np.abs(np.asarray(result.s) - exact) / exact)
+    assert np.all(result.digits >= 1.0) and np.all(result.digits <= 2.41)
+    assert np.all(actual >= result.digits - 1.0)
+    with pytest.raises(ValueError, match="cestac_samples"):
+        svds(matrix, 3, cestac=True, cestac_samples=1)
