@@ -18,6 +18,7 @@ from dp2ejax.graph.gcn import (
 from dp2ejax.graph.generators import (
     NETWORKX_GRAPHS,
     barabasi_albert,
+    chung_lu,
     contextual_sbm,
     erdos_renyi,
     networkx_graph,
@@ -69,6 +70,7 @@ __all__ = [
     "SplitMasks",
     "add_self_loops",
     "barabasi_albert",
+    "chung_lu",
     "contextual_sbm",
     "degrees",
     "dirichlet_energy",
