@@ -298,9 +298,9 @@ def pagerank(
     out_weight = np.asarray(a64.row_sums())
     dangling_mask = out_weight == 0
     inverse = np.where(dangling_mask, 1.0, 1.0 / np.where(dangling_mask, 1.0, out_weight))
-    pt64 = a64.scale_rows(jnp.asarray(inverse)).transpose()  # outside jit: with buckets
-    if accumulation == "exact":
-        pt64 = pt64.without_buckets()
+    # "sequential" accumulation is the bucketed product's chain of additions; "exact" rounds
+    # each row's segment sum once
+    pt64 = a64.scale_rows(jnp.asarray(inverse)).transpose(buckets=accumulation != "exact")
     args = (jnp.asarray(v), jnp.asarray(dw), jnp.asarray(dangling_mask), jnp.asarray(alpha))
 
     def run(storage_name: str, acc_name: str):

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 
 from dp2ejax.sparse.buckets import DegreeBuckets, bucket_matmul, build_buckets
 
@@ -330,11 +331,11 @@ class CSR:
 
     # --- transpose --------------------------------------------------------------------------
 
-    def transpose(self) -> CSR:
+    def transpose(self, *, buckets: bool = True) -> CSR:
         """``A^T`` as a ``CSR`` (jittable: a stable sort of the stored values by column).
 
-        Outside ``jit`` the result also gets its degree buckets (the fast product); under
-        ``jit`` it multiplies by segment sums.
+        Outside ``jit`` the result also gets its degree buckets (the fast product; host work of
+        ``O(nnz)``) unless ``buckets=False``; under ``jit`` it multiplies by segment sums.
 
         Example:
           >>> import numpy as np
@@ -342,16 +343,26 @@ class CSR:
           >>> np.asarray(a.T.todense()).tolist()
           [[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]]
         """
-        order = jnp.argsort(self.indices, stable=True)
-        counts = jnp.bincount(self.indices, length=self.n_cols)
-        indptr = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts).astype(jnp.int32)])
-        indices = self.row_ids[order]
-        host = _concrete(indices, indptr)
+        structure = _concrete(self.indices, self.indptr)
+        if structure is None:  # traced: XLA's stable sort by column
+            order = jnp.argsort(self.indices, stable=True)
+            counts = jnp.bincount(self.indices, length=self.n_cols)
+            indptr = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                      jnp.cumsum(counts).astype(jnp.int32)])
+            indices, row_ids = self.row_ids[order], self.indices[order]
+        else:  # SciPy's CSR -> CSC counting sort, O(nnz): 0.1 s at 10**7 values, XLA's 4 s
+            cols, indptr = structure
+            positions = sp.csr_matrix((np.arange(cols.size, dtype=np.int64), cols, indptr),
+                                      shape=self.shape).tocsc()
+            order = positions.data
+            indptr, indices = positions.indptr.astype(np.int32), positions.indices.astype(np.int32)
+            row_ids = np.repeat(np.arange(self.n_cols, dtype=np.int32), np.diff(indptr))
+        host = (indices, indptr) if structure is not None and buckets else None
         return CSR(
             data=self.data[order],
-            indices=indices,
-            indptr=indptr,
-            row_ids=self.indices[order],
+            indices=jnp.asarray(indices),
+            indptr=jnp.asarray(indptr),
+            row_ids=jnp.asarray(row_ids),
             shape=(self.n_cols, self.n_rows),
             buckets=None if host is None else build_buckets(*host),
         )

@@ -195,3 +195,21 @@ def test_result_summary_and_dict():
     data = json.loads(json.dumps(result.to_dict()))
     assert data["status"] == "converged" and len(data["backward_errors"]) == result.iterations + 1
     assert data["forward_errors"][-1] < 1e-12
+
+
+@pytest.mark.parametrize("factorization", ["emulated", "blocked"])
+def test_overflowing_growth_is_retried_with_more_headroom(factorization):
+    # Wilkinson's matrix: partial pivoting's growth is 2**(n-1) = 128 in the last column, beyond
+    # the headroom 16 of fp16's scaling (mu = 2**12): the first factorisation overflows, the
+    # second (mu = 2**8) does not, and refinement converges.
+    n = 8
+    a = np.eye(n) - np.tril(np.ones((n, n)), -1)
+    a[:, -1] = 1.0
+    result = solve_ir(a, a @ np.ones(n), factor_format="fp16", factorization=factorization,
+                      block_size=2)
+    assert result.status == "converged" and result.backward_error < 1e-15
+    assert (result.scaling, result.overflow_retries) == (2.0**8, 1)
+    assert result.to_dict()["overflow_retries"] == 1
+    # a zero pivot is no overflow: no retry
+    singular = solve_ir(np.diag([1.0, 1.0, 0.0, 1.0]), np.ones(4), factor_format="fp16")
+    assert singular.status == "factorization_failed" and singular.overflow_retries == 0

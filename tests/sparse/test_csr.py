@@ -99,7 +99,7 @@ def test_transpose_and_rmatmul(scipy_matrix):
     np.testing.assert_array_equal(np.asarray(t.indptr), sp.csr_array(dense.T).indptr)
     np.testing.assert_array_equal(np.asarray(a.T.T.todense()), dense)
     jitted = jax.jit(lambda a: a.T)(a)
-    assert jitted.buckets is None
+    assert jitted.buckets is None and a.transpose(buckets=False).buckets is None
     for name, field in (("indices", "indices"), ("indptr", "indptr"), ("data", "data")):
         np.testing.assert_array_equal(np.asarray(getattr(jitted, field)),
                                       np.asarray(getattr(t, field)), err_msg=name)
