@@ -103,7 +103,7 @@ def prepare_operand(a: Any, name: str = "A") -> tuple[Any, Any]:
         a = a.astype(dtype)
         if not bool(jnp.isfinite(a.data).all()):
             raise ValueError(f"{name} holds NaN or inf values; clean them before solving")
-        return a, a.transpose()
+        return a, a.transpose(buckets=a.buckets is not None)  # A^T in A's product layout
     if hasattr(a, "tocsr") and hasattr(a, "nnz"):  # a SciPy sparse matrix
         return prepare_operand(CSR.from_scipy(a, dtype=np.dtype(dtype)), name)
     a = jnp.asarray(a)
