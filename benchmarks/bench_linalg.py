@@ -420,28 +420,6 @@ def bench_svds(args) -> list[dict]:
 # --- eigs -----------------------------------------------------------------------------------------
 
 
-def random_plus_diagonal(n: int, seed: int):
-    """Random sparse (~6 Gaussian values per row) plus a diagonal with large eigenvalues 10,
-    9.5, 9, 8.6, 8.3, 8 above a bulk in [-5, 5] (tests/linalg/test_eigs.py, scaled up)."""
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(seed)
-    noise = sp.random(n, n, density=min(1.0, 6.0 / n), random_state=rng, format="csr",
-                      data_rvs=rng.standard_normal)
-    diagonal = np.concatenate([[10, 9.5, 9, 8.6, 8.3, 8.0], rng.uniform(-5, 5, n - 6)])
-    return (noise + sp.diags_array(diagonal)).tocsr()
-
-
-def convection_diffusion(n: int):
-    """Pentadiagonal: a growing reaction term on the diagonal, skew (convective) neighbours
-    (tests/linalg/test_eigs.py, scaled up)."""
-    import scipy.sparse as sp
-
-    d = 10 * (np.arange(n) / n) ** 4
-    return sp.diags_array([-0.3 * np.ones(n - 1), d, 0.3 * np.ones(n - 1), 0.1 * np.ones(n - 2)],
-                          offsets=[-1, 0, 1, 2]).tocsr()
-
-
 def eigenvalue_distance(ours, reference) -> float:
     """Largest relative distance from a reference eigenvalue to the nearest of ours."""
     ours = np.asarray(ours)
@@ -461,12 +439,13 @@ def matvecs_estimate(result) -> int | None:
 def bench_eigs(args) -> list[dict]:
     import scipy.sparse.linalg as sla
 
-    from dp2ejax.linalg import eigs_uc
+    from dp2ejax.linalg import eigs_uc, nonsymmetric_matrix
     from dp2ejax.sparse import CSR
 
     n, out = args.eigs_n, []
-    problems = {"random_plus_diagonal": (random_plus_diagonal(n, args.seed), 5),
-                "convection_diffusion": (convection_diffusion(n), 4)}
+    problems = {
+        "random_plus_diagonal": (nonsymmetric_matrix("random_diagonal", n, seed=args.seed), 5),
+        "convection_diffusion": (nonsymmetric_matrix("banded", n), 4)}
     for name, (matrix, k) in problems.items():
         v0 = np.ones(n)
         reference = sla.eigs(matrix, k, which="LM", tol=EIGS_REFERENCE_TOL, v0=v0)[0]

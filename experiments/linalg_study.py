@@ -45,7 +45,6 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
 
 from dp2ejax.config import Config, ConfigError, LinalgConfig, format_pair  # noqa: E402
 
@@ -150,37 +149,6 @@ def pagerank_study(la: LinalgConfig) -> dict[str, Any]:
 
 # --- unite and conquer ---------------------------------------------------------------------------
 
-def eigs_matrix(name: str, n: int, seed: int = 0) -> sp.csr_matrix:
-    """A non-symmetric sparse test matrix of order ``n`` (those of ``tests/linalg/test_eigs.py``):
-
-    - ``"random_diagonal"``: a random sparse matrix (3%, Gaussian values) plus a diagonal with
-      six large eigenvalues 10, 9.5, 9, 8.6, 8.3, 8 above a bulk in [-5, 5];
-    - ``"banded"``: convection-diffusion-like pentadiagonal (a growing reaction term on the
-      diagonal, skew neighbours);
-    - ``"directed_sbm"``: adjacency of a directed stochastic block model (four blocks, p_in 0.3,
-      p_out 0.02): four eigenvalues well above the bulk.
-    """
-    rng = np.random.default_rng(seed)
-    if name == "random_diagonal":
-        noise = sp.random(n, n, density=0.03, random_state=rng, format="csr",
-                          data_rvs=rng.standard_normal)
-        diagonal = np.concatenate([[10, 9.5, 9, 8.6, 8.3, 8.0], rng.uniform(-5, 5, n - 6)])
-        return (noise + sp.diags(diagonal)).tocsr()
-    if name == "banded":
-        d = 10 * (np.arange(n) / n) ** 4
-        return sp.diags([-0.3 * np.ones(n - 1), d, 0.3 * np.ones(n - 1), 0.1 * np.ones(n - 2)],
-                        [-1, 0, 1, 2]).tocsr()
-    if name == "directed_sbm":
-        sizes = np.diff(np.round(np.array([0, 0.15, 0.4, 0.75, 1.0]) * n).astype(int))
-        blocks = np.repeat(np.arange(4), sizes)
-        p = np.where(blocks[:, None] == blocks[None, :], 0.3, 0.02)
-        adjacency = (rng.random((n, n)) < p).astype(float)
-        np.fill_diagonal(adjacency, 0)
-        return sp.csr_matrix(adjacency)
-    raise ValueError(f"eigs_matrix: unknown matrix {name!r}; known: random_diagonal, banded, "
-                     f"directed_sbm")
-
-
 def _best_per_cycle(history: np.ndarray) -> list[float | None]:
     """The smallest largest-residual over the co-methods at each cycle (NaN: dropped)."""
     h = np.asarray(history, np.float64).reshape(len(history), -1)
@@ -190,10 +158,11 @@ def _best_per_cycle(history: np.ndarray) -> list[float | None]:
 
 def eigs_study(la: LinalgConfig) -> dict[str, Any]:
     """``eigs_uc`` with all co-methods (unite and conquer) and with each alone."""
-    from dp2ejax.linalg import eigs_uc
+    from dp2ejax.linalg import eigs_uc, nonsymmetric_matrix
     from dp2ejax.sparse.csr import CSR
 
-    a = CSR.from_scipy(eigs_matrix(la.eigs_matrix, la.eigs_size, la.seed), buckets=False)
+    a = CSR.from_scipy(nonsymmetric_matrix(la.eigs_matrix, la.eigs_size, seed=la.seed),
+                       buckets=False)
     sizes = tuple(la.eigs_subspace_sizes)
     common = dict(max_restarts=la.eigs_max_restarts, seed=la.seed, tol=EIGS_TOL)
     uc = eigs_uc(a, la.eigs_k, subspace_sizes=sizes, **common)

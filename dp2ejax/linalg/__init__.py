@@ -3,7 +3,7 @@ residuals; LU-IR and GMRES-IR), PageRank, truncated SVD and the unite-and-conque
 each in any format of the arithmetic core."""
 
 from dp2ejax.linalg.eigs import UCResult, eigs_uc
-from dp2ejax.linalg.matrices import matrix_with_condition
+from dp2ejax.linalg.matrices import matrix_with_condition, nonsymmetric_matrix
 from dp2ejax.linalg.pagerank import PageRankResult, pagerank
 from dp2ejax.linalg.refine import IRResult, lu_blocked, lu_rounded, solve_ir
 from dp2ejax.linalg.svd import SVDResult, svds
@@ -17,6 +17,7 @@ __all__ = [
     "lu_blocked",
     "lu_rounded",
     "matrix_with_condition",
+    "nonsymmetric_matrix",
     "pagerank",
     "solve_ir",
     "svds",

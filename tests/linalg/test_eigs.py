@@ -3,11 +3,11 @@
 import jax
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
 from dp2ejax.linalg import eigs as eigs_module
 from dp2ejax.linalg.eigs import eigs_uc
+from dp2ejax.linalg.matrices import nonsymmetric_matrix
 from dp2ejax.parallel import make_mesh
 from dp2ejax.sparse.csr import CSR
 
@@ -15,36 +15,11 @@ N = 200
 SIZES = (12, 18, 24)
 
 
-def _random_plus_diagonal():
-    """Random sparse (3%, Gaussian values) plus a diagonal with large eigenvalues 10, 9.5, 9,
-    8.6, 8.3, 8 above a bulk in [-5, 5]."""
-    rng = np.random.default_rng(0)
-    noise = sp.random(N, N, density=0.03, random_state=rng, format="csr",
-                      data_rvs=rng.standard_normal)
-    diagonal = np.concatenate([[10, 9.5, 9, 8.6, 8.3, 8.0], rng.uniform(-5, 5, N - 6)])
-    return (noise + sp.diags(diagonal)).tocsr()
-
-
-def _banded():
-    """Convection-diffusion-like pentadiagonal: a growing reaction term on the diagonal,
-    skew (convective) neighbours."""
-    d = 10 * (np.arange(N) / N) ** 4
-    return sp.diags([-0.3 * np.ones(N - 1), d, 0.3 * np.ones(N - 1), 0.1 * np.ones(N - 2)],
-                    [-1, 0, 1, 2]).tocsr()
-
-
-def _directed_graph():
-    """Adjacency of a directed stochastic block model (blocks 30, 50, 70, 50; p_in 0.3,
-    p_out 0.02): four eigenvalues well above the bulk."""
-    blocks = np.repeat(np.arange(4), [30, 50, 70, 50])
-    p = np.where(blocks[:, None] == blocks[None, :], 0.3, 0.02)
-    adjacency = (np.random.default_rng(3).random((N, N)) < p).astype(float)
-    np.fill_diagonal(adjacency, 0)
-    return sp.csr_matrix(adjacency)
-
-
-MATRICES = {"random+diagonal": (_random_plus_diagonal(), 5), "banded": (_banded(), 4),
-            "graph": (_directed_graph(), 4)}
+# random sparse + diagonal (six large eigenvalues above a bulk), convection-diffusion
+# pentadiagonal (clustered complex pairs), directed SBM adjacency (four blocks)
+MATRICES = {"random+diagonal": (nonsymmetric_matrix("random_diagonal", N), 5),
+            "banded": (nonsymmetric_matrix("banded", N), 4),
+            "graph": (nonsymmetric_matrix("directed_sbm", N, seed=3), 4)}
 
 
 def _reference(matrix, k):

@@ -51,3 +51,20 @@ def test_dtype_and_small_sizes():
 def test_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         matrix_with_condition(**kwargs)
+
+
+def test_nonsymmetric_matrix_names_and_errors():
+    from dp2ejax.config import EIGS_MATRICES
+    from dp2ejax.linalg.matrices import NONSYMMETRIC_MATRICES, nonsymmetric_matrix
+
+    assert EIGS_MATRICES == NONSYMMETRIC_MATRICES  # config.py lists them without importing jax
+    for name in NONSYMMETRIC_MATRICES:
+        a = nonsymmetric_matrix(name, 40, seed=1)
+        assert a.shape == (40, 40) and (a != a.T).nnz > 0
+    # the six planted eigenvalues of "random_diagonal" dominate its spectrum
+    top = np.sort(np.abs(np.linalg.eigvals(nonsymmetric_matrix("random_diagonal", 200).toarray())))
+    assert top[-1] > 9.5 and top[-7] < 8.0
+    with pytest.raises(ValueError, match="name: unknown matrix 'tridiagonal'"):
+        nonsymmetric_matrix("tridiagonal", 40)
+    with pytest.raises(ValueError, match="n: expected an int >= 8"):
+        nonsymmetric_matrix("banded", 4)
