@@ -196,14 +196,21 @@ def _golub_kahan(a, at, v0, steps: int):
     return u_basis, v_basis[:, :steps], alpha, beta[: steps - 1]
 
 
+def _reduce(a, at, start, *, method: str, steps: int):
+    """The range/Krylov stage: ``(left, right, small)`` with ``A ~ left @ small @ right^T``:
+    ``(Q, None, B = Q^T A)`` (randomized) or ``(U, V, bidiagonal B)`` (Lanczos)."""
+    if method == "randomized":
+        q, b = _randomized_range(a, at, start, steps)
+        return q, None, b
+    left, right, alpha, beta = _golub_kahan(a, at, start, steps)
+    return left, right, jnp.diag(alpha) + jnp.diag(beta, 1)
+
+
 def _singular_values(a, at, start, *, method: str, k: int, steps: int) -> jax.Array:
     """The ``k`` singular values from the range/Krylov stage and the small SVD (unrounded: the
     caller emulates it)."""
-    if method == "randomized":
-        _, b = _randomized_range(a, at, start, steps)
-        return jnp.linalg.svd(b, compute_uv=False)[:k]
-    _, _, alpha, beta = _golub_kahan(a, at, start, steps)
-    return jnp.linalg.svd(jnp.diag(alpha) + jnp.diag(beta, 1), compute_uv=False)[:k]
+    small = _reduce(a, at, start, method=method, steps=steps)[2]
+    return jnp.linalg.svd(small, compute_uv=False)[:k]
 
 
 @functools.partial(jax.jit, static_argnames=("method", "policy", "k", "steps"))
@@ -228,14 +235,9 @@ def _svds_program(a, at, start, *, method: str, policy: PrecisionPolicy | None, 
     def emulated(fn):
         return fn if policy is None else emulate(fn, policy)
 
-    if method == "randomized":
-        q, b = emulated(lambda a, at, o: _randomized_range(a, at, o, steps))(a, at, start)
-        u_small, s, vt = jnp.linalg.svd(b, full_matrices=False)
-        left, right = q, None
-    else:
-        left, right, alpha, beta = emulated(lambda a, at, v: _golub_kahan(a, at, v, steps))(
-            a, at, start)
-        u_small, s, vt = jnp.linalg.svd(jnp.diag(alpha) + jnp.diag(beta, 1))
+    left, right, small = emulated(functools.partial(_reduce, method=method, steps=steps))(
+        a, at, start)
+    u_small, s, vt = jnp.linalg.svd(small, full_matrices=False)  # Lanczos: small is square
     s, u, vt_out = s[:k], None, None
     if return_vectors:
         u = emulated(jnp.matmul)(left, u_small[:, :k])
