@@ -4,6 +4,7 @@ of JAX functions and Flax models, in any emulated format (what CADNA gives C pro
 from dp2ejax.cestac.analyze import SAMPLE_AXIS, CestacResult, analyze, random_policy
 from dp2ejax.cestac.digits import (
     computational_zero,
+    nonfinite,
     precision_digits,
     significant_digits,
     student_t_975,
@@ -20,6 +21,7 @@ __all__ = [
     "analyze",
     "analyze_layers",
     "computational_zero",
+    "nonfinite",
     "precision_digits",
     "random_policy",
     "significant_digits",

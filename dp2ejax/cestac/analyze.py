@@ -4,11 +4,16 @@ The function runs ``samples`` times under :func:`dp2ejax.emulate` with every flo
 operation randomly rounded (the CESTAC ``random`` mode) in the chosen format. The samples are the
 lanes of one ``vmap`` inside one ``jit``: a single compiled program. Their spread gives the exact
 significant digits of every output element; an observer counts instabilities as it goes.
+
+The compiled program is kept: a second ``analyze`` of the same ``fn`` (the same object) with
+arguments of the same shapes, dtypes and static values, and the same options, runs it again
+without tracing or compiling (the last 32 programs are kept).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -17,11 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dp2ejax.arith.emulate import run_emulated
+from dp2ejax.arith.emulate import _is_array_like, check_rules, run_emulated
 from dp2ejax.arith.formats import Format, get_format
 from dp2ejax.arith.policy import PrecisionPolicy, Rule
 from dp2ejax.cestac.digits import (
     computational_zero,
+    nonfinite,
     precision_digits,
     sample_statistics,
     significant_digits,
@@ -45,7 +51,8 @@ class CestacResult:
       mean: mean over the samples (the CESTAC result).
       std: sample standard deviation.
       digits: exact significant decimal digits of ``mean`` (float, in [0, max_digits]).
-      computational_zero: True where no digit is exact or every sample is zero.
+      computational_zero: True where no digit is exact (CADNA's ``@.0``); exact results,
+        exact zeros included, are not.
       samples: the raw samples, with the sample axis first.
       instabilities: the sites where instabilities occurred, with counts, most frequent first.
       format: the emulated format's name; ``max_digits`` its precision in decimal digits.
@@ -60,6 +67,9 @@ class CestacResult:
     format: str = "fp64"
     max_digits: float = 15.95
     n_samples: int = 3
+    nonfinite: Any = None
+    """True where some sample is NaN or infinite (such results get 0 digits and are not
+    computational zeros)."""
 
     def instability_totals(self) -> dict[str, int]:
         """Total count per instability kind (every kind present, zeros included)."""
@@ -79,7 +89,9 @@ class CestacResult:
         paths = jax.tree_util.tree_flatten_with_path(self.digits)[0]
         zeros = jax.tree_util.tree_leaves(self.computational_zero)
         means = jax.tree_util.tree_leaves(self.mean)
-        for (path, digits), zero, mean in zip(paths, zeros, means, strict=True):
+        bad = (jax.tree_util.tree_leaves(self.nonfinite) if self.nonfinite is not None
+               else [np.zeros(np.shape(z), bool) for z in zeros])
+        for (path, digits), zero, mean, nf in zip(paths, zeros, means, bad, strict=True):
             d = np.asarray(digits, np.float64)
             outputs.append({
                 "output": jax.tree_util.keystr(path) or "<output>",
@@ -88,6 +100,7 @@ class CestacResult:
                 "digits_median": float(np.median(d)) if d.size else None,
                 "digits_max": float(d.max()) if d.size else None,
                 "computational_zeros": int(np.sum(np.asarray(zero))),
+                "nonfinite": int(np.sum(np.asarray(nf))),
                 "mean_first": float(np.ravel(np.asarray(mean))[0]) if d.size else None,
             })
         return {
@@ -118,6 +131,7 @@ class CestacResult:
                 f"{out['output']:<24} shape {tuple(out['shape'])}: exact digits min "
                 f"{out['digits_min']:.1f}, median {out['digits_median']:.1f}, max "
                 f"{out['digits_max']:.1f}; computational zeros {out['computational_zeros']}"
+                + (f"; NON-FINITE {out['nonfinite']}" if out["nonfinite"] else "")
             )
         totals = data["instability_totals"]
         found = sum(totals.values())
@@ -125,8 +139,12 @@ class CestacResult:
         for kind in INSTABILITY_KINDS:
             lines.append(f"  {totals[kind]:>8} unstable {kind.replace('_', ' ')}")
         for inst in self.instabilities:
+            lost = ""
+            if inst.digits_lost_min is not None:
+                lost = (f" (lost {inst.digits_lost_min:.0f}-{inst.digits_lost_median:.0f}+ "
+                        f"digits{', benign' if inst.benign else ''})")
             lines.append(f"  {inst.count:>8} x {inst.kind:<14} {inst.primitive:<10} "
-                         f"at {inst.path or '<top level>'}  {inst.source}")
+                         f"at {inst.path or '<top level>'}  {inst.source}{lost}")
         lines.append("-" * 72)
         return "\n".join(lines)
 
@@ -205,26 +223,22 @@ def analyze(
         keys = jax.jit(lambda raw: jax.random.split(jax.random.wrap_key_data(raw, impl=impl),
                                                     samples),
                        out_shardings=sample_sharding)(np.asarray(jax.random.key_data(key)))
-
-    def one_sample(sample_key):
-        observer = InstabilityObserver(SAMPLE_AXIS, samples, cancellation_digits, max_digits,
-                                       comparisons)
-        out = run_emulated(fn, policy, args, kwargs, sample_key, observer)
-        return out, observer.counts
-
-    def all_samples(keys):
-        outs, counts = jax.vmap(one_sample, axis_name=SAMPLE_AXIS)(keys)
-        # every sample counts the same (the checks reduce over the samples): keep one, so the
-        # counts are small replicated scalars even when the samples span several processes
-        return outs, {site: count[0] for site, count in counts.items()}
-
-    outs, counts = jax.jit(all_samples)(keys)
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    dynamic = tuple(_is_array_like(leaf) for leaf in leaves)
+    static = tuple(leaf for leaf, d in zip(leaves, dynamic, strict=True) if not d)
+    options = (fn, policy, samples, float(cancellation_digits), float(max_digits), comparisons,
+               treedef, dynamic, static)
+    try:
+        program = _analysis_program(*options)
+    except TypeError:  # an unhashable fn or static argument: build the program for this call
+        program = _analysis_program.__wrapped__(*options)
+    outs, counts = program(keys, [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d])
     _check_float_outputs(outs)
     digits = jax.tree_util.tree_map(
         lambda s: significant_digits(s, 0, max_digits=max_digits), outs)
     zero = jax.tree_util.tree_map(lambda s, d: computational_zero(s, 0, d), outs, digits)
     instabilities = sorted(
-        (parse_site(site, int(count)) for site, count in counts.items()),
+        (parse_site(site, np.asarray(count)) for site, count in counts.items()),
         key=lambda i: (-i.count, i.kind, i.path, i.source))
     return CestacResult(
         mean=jax.tree_util.tree_map(lambda s: sample_statistics(s, 0)[0], outs),
@@ -236,7 +250,36 @@ def analyze(
         format=narrowest.name,
         max_digits=max_digits,
         n_samples=samples,
+        nonfinite=jax.tree_util.tree_map(lambda s: nonfinite(s, 0), outs),
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _analysis_program(fn, policy, samples, cancellation_digits, max_digits, comparisons,
+                      treedef, dynamic, static):
+    """The jitted program of :func:`analyze`: (keys, dynamic argument leaves) -> (samples of
+    fn's outputs, instability counts), with the static leaves baked in."""
+    warned = [False]
+
+    def one_sample(sample_key, dyn):
+        it_dyn, it_static = iter(dyn), iter(static)
+        leaves = [next(it_dyn) if d else next(it_static) for d in dynamic]
+        args, kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
+        observer = InstabilityObserver(SAMPLE_AXIS, samples, cancellation_digits, max_digits,
+                                       comparisons)
+        out, record = run_emulated(fn, policy, args, kwargs, sample_key, observer,
+                                   return_record=True)
+        if not warned[0]:
+            warned[0] = check_rules(policy, record)
+        return out, observer.counts
+
+    def all_samples(keys, dyn):
+        outs, counts = jax.vmap(one_sample, in_axes=(0, None), axis_name=SAMPLE_AXIS)(keys, dyn)
+        # every sample counts the same (the checks reduce over the samples): keep one, so the
+        # counts are small replicated arrays even when the samples span several processes
+        return outs, {site: count[0] for site, count in counts.items()}
+
+    return jax.jit(all_samples)
 
 
 def random_policy(policy: PrecisionPolicy | None, fmt: Format | str = "fp64") -> PrecisionPolicy:

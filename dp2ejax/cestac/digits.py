@@ -7,7 +7,16 @@ Chesneaux) estimates the number of exact significant decimal digits of their mea
 
 with s the sample standard deviation and tau_N the 97.5% quantile of Student's t with N - 1
 degrees of freedom (a 95% two-sided confidence). A result is a *computational zero* (CADNA's
-``@.0``) when all samples are zero or C <= 0: no digit of it can be trusted.
+``@.0``) when C <= 0: no digit of it can be trusted.
+
+Exact results follow CADNA's own code (``nb_significant_digit`` in ``cadna_digitnumber.h``,
+CADNA_C 2.0, vendored in github.com/bgin/LibAtmosCXX ``ThirdParty/cadna/``, commit 308b678):
+equal samples, an exact zero included (``x == y == z == 0`` gives 15 digits there), have every
+digit, and are not computational zeros when printed (CADNA prints an exact zero as
+``0.000000000000000E+000``, not ``@.0``; its ``computedzero()``, which decides ``==``, is
+true for it, and :meth:`dp2ejax.cestac.analyze`'s comparisons keep that). CADNA gives NaN and
+infinite samples 0 digits and prints them as ``@.0``; here they get 0 digits and are flagged
+*non-finite* instead (:func:`nonfinite`), not computational zeros.
 """
 
 from __future__ import annotations
@@ -76,8 +85,9 @@ def significant_digits(
       max_digits: cap (the format's precision in digits); defaults to the dtype's.
 
     Returns:
-      Float digits in [0, max_digits], shape ``samples.shape`` without ``axis``. Equal samples
-      give ``max_digits``; a zero mean gives 0.
+      Float digits in [0, max_digits], shape ``samples.shape`` without ``axis``. Equal finite
+      samples (exact zeros included) give ``max_digits``; a zero mean of unequal samples and a
+      non-finite sample give 0.
 
     Example:
       >>> import jax.numpy as jnp
@@ -94,13 +104,33 @@ def significant_digits(
     tau = student_t_975(n - 1)
     with np.errstate(divide="ignore"):
         digits = jnp.log10(math.sqrt(n) * jnp.abs(mean) / (tau * std))
-    digits = jnp.where(std == 0, jnp.where(mean == 0, 0.0, max_digits), digits)
+    finite = jnp.all(jnp.isfinite(samples), axis=axis)
+    digits = jnp.where(std == 0, max_digits, digits)
+    digits = jnp.where(finite, digits, 0.0)
     return jnp.clip(jnp.nan_to_num(digits, nan=0.0, neginf=0.0), 0.0, max_digits)
 
 
 def computational_zero(samples: jax.Array, axis: int = 0, digits: jax.Array | None = None):
-    """CADNA's computational zero: every sample is zero, or no digit of the mean is exact."""
+    """CADNA's computational zero (``@.0``): no digit of the mean is exact (C <= 0), for finite
+    samples. Exact results (equal samples, exact zeros included) and non-finite ones are not.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> computational_zero(jnp.array([[0.0, 1e-17], [0.0, -2e-17], [0.0, 3e-17]])).tolist()
+      [False, True]
+    """
     samples = jnp.asarray(samples)
     if digits is None:
         digits = significant_digits(samples, axis)
-    return jnp.all(samples == 0, axis=axis) | (digits <= 0)
+    return (digits <= 0) & jnp.all(jnp.isfinite(samples), axis=axis)
+
+
+def nonfinite(samples: jax.Array, axis: int = 0) -> jax.Array:
+    """Where some sample is NaN or infinite: a result CESTAC cannot give digits to.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> nonfinite(jnp.array([[1.0, jnp.inf], [1.0, 2.0]])).tolist()
+      [False, True]
+    """
+    return ~jnp.all(jnp.isfinite(jnp.asarray(samples)), axis=axis)

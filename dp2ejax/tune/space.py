@@ -28,10 +28,13 @@ from jax.extend import core as jex_core
 from dp2ejax.arith.emulate import module_path
 from dp2ejax.arith.formats import Format, get_format
 from dp2ejax.arith.policy import OP_KINDS, PrecisionPolicy, Rule
+from dp2ejax.arith.primitives import rule_kind
 
 # the module, not the function dp2ejax.arith re-exports under its name: emulate's own
 # classification of primitives (data movement, matmuls, reductions), so counts match its rounding
 _emulate = importlib.import_module("dp2ejax.arith.emulate")
+_COUNTED = frozenset({"arithmetic", "closed", "comparison", "conversion", "library", "reduction",
+                      "closed_reduction", "matmul"})
 
 Config = tuple[str, ...]
 """A configuration: one format name per unit, in the space's unit order."""
@@ -142,8 +145,11 @@ def _count(jaxpr, prefix: str, weight: float, acc: dict) -> None:
                 old = acc.setdefault(key, [0.0] * 5)
                 acc[key] = [a + b for a, b in zip(old, counts, strict=True)]
             continue
+        rule = rule_kind(eqn.primitive)
+        if rule == "call" and _emulate._is_prng_internal(eqn):
+            continue  # jax.random's own functions run natively
         sub = params.get("call_jaxpr", params.get("jaxpr"))
-        if sub is not None and name not in _emulate._SCATTERS:
+        if sub is not None and rule in ("call", "remat", "custom_jvp", "custom_vjp", "shard_map"):
             if isinstance(sub, jex_core.ClosedJaxpr):
                 _count(sub.jaxpr, path, weight, acc)
                 continue
@@ -152,18 +158,18 @@ def _count(jaxpr, prefix: str, weight: float, acc: dict) -> None:
                 continue
         float_in = [v.aval for v in eqn.invars if _is_float(v.aval)]
         float_out = [v.aval for v in eqn.outvars if _is_float(v.aval)]
-        if name in _emulate._DATA_MOVEMENT or not (float_in or float_out):
+        if rule not in _COUNTED or not (float_in or float_out):
             continue
         size_in = sum(_size(a) for a in float_in)
         size_out = sum(_size(a) for a in float_out)
-        if name in _emulate._MATMULS:
+        if rule == "matmul":
             products = _matmul_products(eqn)
             operands = [eqn.invars[0].aval, eqn.invars[-1].aval]
             add((path, "matmul_inputs"), 0, products)
             add((path, "matmul_inputs"), 3, sum(_size(a) for a in operands if _is_float(a)))
             add((path, "matmul_accumulation"), 1, products)
             add((path, "matmul_accumulation"), 4, size_out)
-        elif name in _emulate._REDUCTIONS:
+        elif rule in ("reduction", "closed_reduction"):
             add((path, "reduction"), 1, size_in)
             add((path, "reduction"), 3, size_in)
             add((path, "reduction"), 4, size_out)

@@ -13,8 +13,10 @@ CADNA's 3 samples. Sources of the expected figures:
   http://www-pequan.lip6.fr/cadna/Examples_Dir/ex6.php.
 - [CADNA-ops]: CADNA's relational operators, ``cadna_eq_d.cc`` and ``cadna_lt_d.cc`` (CADNA 2019,
   Chesneaux, Jézéquel, Lamotte; mirrored at github.com/hungpham3112/CFamilyProjects,
-  ``cadnaGPU_V1.3bis_all/C/``): ``a == b`` is true iff ``a - b`` is a computational zero and counts
-  no instability; ``a < b`` counts an unstable branching when ``a - b`` is one.
+  ``cadnaGPU_V1.3bis_all/C/``) and CADNA_C 2.0's ``cadna_eq.h`` / ``cadna_gt.h`` (vendored in
+  github.com/bgin/LibAtmosCXX ``ThirdParty/cadna/``, commit 308b678): ``a == b`` is true iff
+  ``a - b`` is a computational zero and counts no instability; ``a < b`` counts an unstable
+  branching when ``a - b`` is numerical noise (not exact, less than half a digit).
 
 How figures compare. CADNA prints round(C) significant digits (``nb_significant_digit``:
 ``(int)(C + 0.5)``, at most 15) and ``@.0`` when C < 0.5; dp2ejax reports C itself (at most
@@ -34,7 +36,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from dp2ejax.cestac import analyze, computational_zero
+from dp2ejax.cestac import analyze, computational_zero, significant_digits
 
 SAMPLES = 3  # as CADNA
 
@@ -287,18 +289,32 @@ def test_quadratic_discriminant_is_a_computational_zero(fp32_run):
     # 0; sqrt(|d|) is of a computational zero wherever d is one
     nonzero = np.any(np.asarray(result.samples["quadratic"]["d"]) != 0, axis=0)
     assert np.mean(nonzero) >= 0.95
-    assert count(result, "cancellation", "quadratic") == int(nonzero.sum())
-    assert count(result, "math_function", "quadratic") == int(zero.sum())
+    # CADNA's cancellation (cadna_sub.h): min(C_b*b, C_4ac) - C_d >= 4; the operands keep at
+    # most single precision's 7.22 digits, so only runs where d keeps <= 3.22 can count, and
+    # nearly all of those do (b*b carries ~7 digits)
+    possible = nonzero & (digits <= 24 * np.log10(2) - 4)
+    assert 0.85 * possible.sum() <= count(result, "cancellation", "quadratic") <= possible.sum()
+    # sqrt(|d|): CADNA's cadna_math.cc flags sqrt of a non-significant argument (approx_digit)
+    absd = np.abs(np.asarray(result.samples["quadratic"]["d"]))
+    noise = ((np.asarray(significant_digits(jnp.asarray(absd))) < 0.5)
+             & ~np.all(absd == absd[:1], axis=0))
+    assert abs(count(result, "math_function", "quadratic") - int(noise.sum())) <= 2
+    assert int(noise.sum()) >= int(zero.sum()) // 2
 
 
 def test_quadratic_branch_on_d_is_unstable(fp32_run):
-    """``d == 0`` and ``d > 0`` with d @.0 are unstable branchings [CADNA-ops] (CADNA counts the
-    strict inequality only; dp2ejax counts every comparison of a computational zero)."""
+    """``d > 0`` with d non-significant is an unstable branching; ``d == 0`` is not
+    [CADNA-ops]: ``cadna_gt.h`` counts ``numericalnoise()`` of the difference, ``cadna_eq.h``
+    counts nothing. (A non-significant d has C < 0.5, CADNA's approx_digit test, so every
+    computational zero (C <= 0) is one, and a few with 0 < C < 0.5 too.)"""
     zero = int(np.sum(fp32_run.computational_zero["quadratic"]["d"]))
     found = [i for i in fp32_run.instabilities if i.kind == "branching"
              and "(quadratic)" in i.source]
-    assert sorted(i.primitive for i in found) == ["eq", "gt"]
-    assert all(i.count == zero for i in found)
+    assert [i.primitive for i in found] == ["gt"]
+    digits = np.asarray(fp32_run.digits["quadratic"]["d"])
+    samples = np.asarray(fp32_run.samples["quadratic"]["d"])
+    noise = (digits < 0.5) & ~np.all(samples == samples[:1], axis=0)
+    assert found[0].count == int(noise.sum()) >= zero
 
 
 def test_quadratic_takes_the_double_root_branch(fp32_run):

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from dp2ejax.cestac import (
     computational_zero,
+    nonfinite,
     precision_digits,
     significant_digits,
     student_t_975,
@@ -39,12 +40,13 @@ def reference_digits(samples, axis=0, max_digits=FP64_DIGITS):
     mean = samples.mean(axis=axis)
     std = samples.std(axis=axis, ddof=1)
     # Equal samples are an exact result: std 0 (their rounded float mean may differ by an ulp).
+    # CADNA's nb_significant_digit gives equal samples, an exact zero included, every digit.
     equal = np.all(samples == np.take(samples, [0], axis=axis), axis=axis)
     std = np.where(equal, 0.0, std)
     tau = scipy.stats.t.ppf(0.975, n - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         digits = np.log10(math.sqrt(n) * np.abs(mean) / (tau * std))
-    digits = np.where(std == 0, np.where(mean == 0, 0.0, max_digits), digits)
+    digits = np.where(std == 0, max_digits, digits)
     return np.clip(np.nan_to_num(digits, nan=0.0, neginf=0.0, posinf=max_digits), 0.0, max_digits)
 
 
@@ -109,13 +111,19 @@ def test_known_spread_gives_known_digits():
         assert float(significant_digits(jnp.asarray(samples))) == pytest.approx(expected, abs=1e-4)
 
 
-def test_equal_samples_have_every_digit_and_zero_samples_none():
+def test_equal_samples_have_every_digit_exact_zeros_included():
+    """CADNA's nb_significant_digit (cadna_digitnumber.h, CADNA_C 2.0 in github.com/bgin/
+    LibAtmosCXX ThirdParty/cadna/, commit 308b678): ``if (xx==0.0) { if ((x==y) && (x==z))
+    accuracy=15; }``: an exact zero has every digit, as ReLU's exact zeros do."""
     samples = jnp.array([[1.5, 0.0, -2.0], [1.5, 0.0, -2.0], [1.5, 0.0, -2.0]])
-    np.testing.assert_array_equal(significant_digits(samples), [FP64_DIGITS, 0.0, FP64_DIGITS])
+    np.testing.assert_array_equal(significant_digits(samples), [FP64_DIGITS] * 3)
     f32 = significant_digits(samples.astype(jnp.float32))
-    np.testing.assert_allclose(f32, [FP32_DIGITS, 0.0, FP32_DIGITS], rtol=1e-6)  # the dtype's cap
+    np.testing.assert_allclose(f32, [FP32_DIGITS] * 3, rtol=1e-6)  # the dtype's cap
     capped = significant_digits(samples, max_digits=2.5)
-    np.testing.assert_array_equal(capped, [2.5, 0.0, 2.5])
+    np.testing.assert_array_equal(capped, [2.5, 2.5, 2.5])
+    assert not np.any(computational_zero(samples))
+    # unequal samples summing to zero: no digit (CADNA: accuracy 0)
+    assert float(significant_digits(jnp.array([1e-17, -2e-17, 1e-17]))) == 0.0
 
 
 def test_equal_samples_are_exact():
@@ -131,12 +139,14 @@ def test_equal_samples_are_exact():
     np.testing.assert_array_equal(significant_digits(samples.T, axis=-1), FP64_DIGITS)
 
 
-def test_non_finite_samples_have_no_digit():
-    # an overflow in one sample, in every sample, a NaN (CADNA gives these no digit either)
+def test_non_finite_samples_have_no_digit_and_are_reported_as_such():
+    # an overflow in one sample, in every sample, a NaN (CADNA gives these no digit either,
+    # and prints them as @.0; here they are non-finite, not computational zeros)
     samples = jnp.array([[1.0, np.inf, np.inf, np.nan], [1.0, 1.0, np.inf, 1.0],
                          [1.0, 2.0, np.inf, 1.0]])
     np.testing.assert_array_equal(significant_digits(samples)[1:], [0.0, 0.0, 0.0])
-    np.testing.assert_array_equal(computational_zero(samples)[1:], [True, True, True])
+    np.testing.assert_array_equal(computational_zero(samples), [False] * 4)
+    np.testing.assert_array_equal(nonfinite(samples), [False, True, True, True])
 
 
 def test_sample_axis():
@@ -171,8 +181,8 @@ def test_computational_zero():
         [0.0, -2e-17, 1.0 + 1e-9, 1.0, 5.0],
         [0.0, 3e-17, 1.0 - 1e-9, 1.0, -1.0],
     ])
-    # all zero | noise around zero | 8 exact digits | equal samples | more spread than mean
-    np.testing.assert_array_equal(computational_zero(samples), [True, True, False, False, True])
+    # exact zero | noise around zero | 8 exact digits | equal samples | more spread than mean
+    np.testing.assert_array_equal(computational_zero(samples), [False, True, False, False, True])
     digits = significant_digits(samples)
     assert float(digits[2]) == pytest.approx(8.6, abs=0.2)
     np.testing.assert_array_equal(computational_zero(samples, digits=digits),
@@ -180,7 +190,7 @@ def test_computational_zero():
     # ``digits`` is used as given: C <= 0 is the definition (Vignes; Chesneaux).
     np.testing.assert_array_equal(
         computational_zero(samples, digits=jnp.array([5.0, 5.0, 0.0, 3.0, 1.0])),
-        [True, False, True, False, False],
+        [False, False, True, False, False],
     )
 
 
