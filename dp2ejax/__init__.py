@@ -3,7 +3,7 @@
 The public API: formats (:class:`FloatFormat`, :class:`PositFormat`, :class:`IntFormat`,
 :class:`BlockScaledFormat`, :data:`FORMATS`, :func:`get_format`), bit-exact rounding
 (:func:`round_to`), precision policies (:class:`PrecisionPolicy`, :class:`Rule`,
-:class:`Accumulation`) and the :func:`emulate` transformation.
+:class:`Accumulation`), the :func:`emulate` transformation and its :class:`EmulationTrace`.
 """
 
 from dp2ejax.arith import (
@@ -12,6 +12,7 @@ from dp2ejax.arith import (
     ROUNDING_MODES,
     Accumulation,
     BlockScaledFormat,
+    EmulationTrace,
     FloatFormat,
     IntFormat,
     PositFormat,
@@ -33,6 +34,7 @@ __all__ = [
     "ROUNDING_MODES",
     "Accumulation",
     "BlockScaledFormat",
+    "EmulationTrace",
     "FloatFormat",
     "IntFormat",
     "PositFormat",

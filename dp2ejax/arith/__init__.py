@@ -2,7 +2,7 @@
 ``emulate`` transformation that rounds every operation of a JAX function."""
 
 from dp2ejax.arith.blockscaled import QuantizedArray, dequantize, quantize, round_block_scaled
-from dp2ejax.arith.emulate import emulate, module_path
+from dp2ejax.arith.emulate import UnmatchedRuleWarning, emulate, module_path
 from dp2ejax.arith.formats import (
     ALIASES,
     FORMATS,
@@ -22,11 +22,20 @@ from dp2ejax.arith.policy import (
     PrecisionPolicy,
     Rule,
 )
+from dp2ejax.arith.primitives import RULE_KINDS, rule_kind
 from dp2ejax.arith.random_bits import RANDOM_BIT_GENERATORS, random_bits
 from dp2ejax.arith.rounding import RANDOM_MODES, ROUNDING_MODES, round_bits, round_kernel, round_to
+from dp2ejax.arith.trace import COUNT_NAMES, EmulationTrace, NonFiniteWarning, TraceSite
 
 __all__ = [
     "ALIASES",
+    "COUNT_NAMES",
+    "RULE_KINDS",
+    "EmulationTrace",
+    "NonFiniteWarning",
+    "TraceSite",
+    "UnmatchedRuleWarning",
+    "rule_kind",
     "FORMATS",
     "NATIVE",
     "OPERAND_KINDS",

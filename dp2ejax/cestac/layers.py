@@ -1,13 +1,23 @@
-"""Per-layer CESTAC digits of a Flax model: where along the depth the exact digits go."""
+"""Per-layer CESTAC digits of a model: where along the depth the exact digits go.
+
+Works for the module systems users have: Flax linen (through ``capture_intermediates``), Flax
+NNX and equinox (each module's ``__call__`` output is captured under its attribute path, as
+:mod:`dp2ejax.arith.modules` names them). Outputs that are not floating point (integer
+indices, boolean masks, PRNG keys) are skipped.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from dp2ejax.arith.modules import find_modules
 from dp2ejax.cestac.analyze import CestacResult, analyze
 
 
@@ -20,26 +30,34 @@ class LayerDigits:
     digits_min: float
     digits_median: float
     computational_zeros: int
+    nonfinite: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def analyze_layers(model, variables, *inputs, **analyze_kwargs):
-    """CESTAC digits of every Flax (linen) module's output, submodules before their parent.
+def _is_linen(model) -> bool:
+    try:
+        import flax.linen as nn
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, nn.Module)
 
-    Runs ``model.apply(variables, *inputs, capture_intermediates=True)`` under
-    :func:`dp2ejax.cestac.analyze` and summarises each captured module output.
+
+def analyze_layers(model, *args, **analyze_kwargs):
+    """CESTAC digits of every module's output, submodules before their parent.
 
     Args:
-      model: a ``flax.linen.Module``.
-      variables: its variables (``{"params": ...}``).
-      *inputs: the model's inputs.
+      model: a ``flax.linen.Module`` (then ``args`` are its variables and inputs, as for
+        ``model.apply``), or a Flax NNX / equinox module (then ``args`` are its inputs).
+      *args: ``variables, *inputs`` for linen; ``*inputs`` otherwise.
       **analyze_kwargs: passed to :func:`analyze` (``fmt``, ``samples``, ``key``…).
 
     Returns:
       ``(layers, result)``: a list of :class:`LayerDigits` (the model's own output last, path
-      ``""``) and the full :class:`CestacResult` of ``(output, intermediates)``.
+      ``""``) and the full :class:`CestacResult` of ``(output, {"<order>:<path>": module
+      output})``.
+      A module called several times gives ``path``, ``path#1``…; non-float outputs are skipped.
 
     Example:
       >>> import flax.linen as nn, jax.numpy as jnp
@@ -50,39 +68,116 @@ def analyze_layers(model, variables, *inputs, **analyze_kwargs):
       >>> [layer.path for layer in layers]
       ['layers_0', 'layers_2', '']
     """
-
-    def apply(v, *xs):
-        return model.apply(v, *xs, capture_intermediates=True, mutable=["intermediates"])
-
-    result: CestacResult = analyze(apply, variables, *inputs, **analyze_kwargs)
-    _, state = result.digits
+    if _is_linen(model):
+        if not args:
+            raise TypeError("analyze_layers(linen_module, variables, *inputs): variables missing")
+        fn = functools.partial(_linen_outputs, model)
+    elif find_modules([model]):
+        fn = _module_outputs
+        args = (model, *args)
+    else:
+        raise TypeError(f"model must be a Flax linen, Flax NNX or equinox module, got "
+                        f"{type(model).__name__}")
+    result: CestacResult = analyze(fn, *args, **analyze_kwargs)
+    _, digits = result.digits
     _, zeros = result.computational_zero
+    _, bad = result.nonfinite
     layers = []
-    for names, digits, zero in _walk(state.get("intermediates", {}),
-                                     zeros.get("intermediates", {}), ()):
-        d = np.asarray(digits, np.float64)
+    for key in sorted(digits):  # "<order>:<path>": the order of capture
+        d = np.asarray(digits[key], np.float64)
+        path = key.split(":", 1)[1]
         layers.append(LayerDigits(
-            path="/".join(names), size=int(d.size),
+            path=path, size=int(d.size),
             digits_min=float(d.min()) if d.size else float("nan"),
             digits_median=float(np.median(d)) if d.size else float("nan"),
-            computational_zeros=int(np.sum(np.asarray(zero))),
+            computational_zeros=int(np.sum(np.asarray(zeros[key]))),
+            nonfinite=int(np.sum(np.asarray(bad[key]))),
         ))
     return layers, result
 
 
-def _walk(digits, zeros, names):
-    """(module path, digits, zeros) of each captured output: submodules in natural name order
+def _floats(tree) -> list:
+    return [leaf for leaf in jax.tree_util.tree_leaves(tree)
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)]
+
+
+def _add(captured: dict, path: str, value) -> None:
+    for leaf in _floats(value):
+        name, n = path, 0
+        while name in captured:
+            n += 1
+            name = f"{path}#{n}"
+        captured[name] = leaf
+
+
+def _linen_outputs(model, variables, *inputs):
+    out, state = model.apply(variables, *inputs, capture_intermediates=True,
+                             mutable=["intermediates"])
+    captured: dict = {}
+    for names, value in _walk(state.get("intermediates", {}), ()):
+        _add(captured, "/".join(names), value)
+    return _with_output(out, captured)
+
+
+def _module_outputs(model, *inputs):
+    captured: dict = {}
+    with _capture(model, captured):
+        out = model(*inputs)
+    return _with_output(out, captured)
+
+
+def _with_output(out, captured: dict):
+    if "" not in captured:
+        _add(captured, "", out)
+    floats = _floats(out)
+    # pytrees sort dict keys: the capture order goes into the key
+    ordered = {f"{i:06d}:{path}": value for i, (path, value) in enumerate(captured.items())}
+    return (out if len(floats) == len(jax.tree_util.tree_leaves(out)) else floats), ordered
+
+
+@contextlib.contextmanager
+def _capture(model, captured: dict):
+    """Records each reachable module's ``__call__`` output under its attribute path (the root
+    under ``""``), in the order the calls return: submodules before their parent."""
+    modules = find_modules([model])
+    paths = {key: path for key, (_, path) in modules.items()}
+    classes = {type(m) for m, _ in modules.values()}
+    originals = {cls: (cls.__dict__.get("__call__"), cls.__call__) for cls in classes}
+
+    def wrap(original):
+        @functools.wraps(original)
+        def recorded(self, *a, **k):
+            out = original(self, *a, **k)
+            path = paths.get(id(self))
+            if path is not None:
+                _add(captured, path, out)
+            return out
+
+        return recorded
+
+    try:
+        for cls, (_, resolved) in originals.items():
+            type.__setattr__(cls, "__call__", wrap(resolved))
+        yield
+    finally:
+        for cls, (own, _) in originals.items():
+            if own is None:
+                type.__delattr__(cls, "__call__")
+            else:
+                type.__setattr__(cls, "__call__", own)
+
+
+def _walk(tree, names):
+    """(module path, captured outputs) of each linen module: submodules in natural name order
     (``Dense_2`` before ``Dense_10``, which for auto-named Flax modules is creation order), then
     the module's own output."""
-    order = sorted(digits, key=lambda n: (n == "__call__", _natural_key(str(n))))
+    order = sorted(tree, key=lambda n: (n == "__call__", _natural_key(str(n))))
     for name in order:
-        sub = digits[name]
+        sub = tree[name]
         if name == "__call__":
-            for d, z in zip(jax.tree_util.tree_leaves(sub),
-                            jax.tree_util.tree_leaves(zeros[name]), strict=True):
-                yield names, d, z
+            yield names, sub
         else:
-            yield from _walk(sub, zeros[name], (*names, str(name)))
+            yield from _walk(sub, (*names, str(name)))
 
 
 def _natural_key(name: str):

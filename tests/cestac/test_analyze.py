@@ -508,3 +508,69 @@ def test_input_rounded_once_per_sample():
     plain = analyze(lambda x: x + 0.0, jnp.full(8, 1 / 3), fmt="bf16", samples=4,
                     key=jax.random.key(0))
     assert len(np.unique(np.asarray(plain.samples))) == 2  # the two bf16 neighbours of 1/3
+
+
+# --- compile once; exact masks --------------------------------------------------------------------
+
+
+def test_second_analyze_reuses_the_compiled_program():
+    traced = []
+
+    def fn(x, power):
+        traced.append(power)
+        return jnp.sin(x) ** power
+
+    x = jnp.linspace(0.1, 1.0, 6)
+    first = analyze(fn, x, 3, fmt="bf16")
+    again = analyze(fn, x + 0.5, 3, fmt="bf16")  # same shapes and static value: no trace
+    assert traced == [3]
+    assert not np.array_equal(first.mean, again.mean)
+    analyze(fn, x, 2, fmt="bf16")  # a new static value is a new program
+    analyze(fn, jnp.ones(3), 3, fmt="bf16")  # so is a new shape
+    assert traced == [3, 2, 3]
+
+
+def test_exact_attention_masks_raise_no_instability():
+    """Flax's combine_masks compares exact 0/1 masks (``mask != 0``, ``where``): CADNA never
+    flags == / != and exact operands are never non-significant."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 8)))
+    pad = jnp.array([[1, 1, 1, 0]])
+    mask = nn.combine_masks(nn.make_attention_mask(pad, pad), nn.make_causal_mask(pad))
+    layer = nn.SelfAttention(num_heads=2, qkv_features=8)
+    params = layer.init(jax.random.key(1), x, mask=mask)
+    result = analyze(lambda p, x: layer.apply(p, x, mask=mask), params, x, fmt="bf16")
+    totals = result.instability_totals()
+    assert totals["branching"] == 0 and totals["multiplication"] == 0, result.instabilities
+    assert float(np.median(result.digits)) > 1.0  # bf16 carries 2.4
+    assert not np.any(result.nonfinite)
+
+
+def test_analyze_layers_for_nnx_and_equinox_and_non_float_outputs():
+    import equinox as eqx
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List([nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 2, rngs=rngs)])
+
+        def __call__(self, x):
+            return self.layers[1](jnp.tanh(self.layers[0](x)))
+
+    x = jnp.ones((2, 3))
+    layers, _ = analyze_layers(Net(nnx.Rngs(0)), x, fmt="bf16")
+    assert [layer.path for layer in layers] == ["layers/0", "layers/1", ""]
+    mlp = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))
+    layers, _ = analyze_layers(mlp, jnp.ones(3), fmt="bf16")
+    assert [layer.path for layer in layers] == ["layers/0", "layers/1", ""]
+
+    class WithIndex(nn.Module):  # an integer output is skipped, not an error
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(3)(x)
+            return h, jnp.argmax(h, -1)
+
+    model = WithIndex()
+    layers, _ = analyze_layers(model, model.init(jax.random.key(0), x), x, fmt="bf16")
+    assert [(layer.path, layer.size) for layer in layers] == [("Dense_0", 6), ("", 6)]
+    with pytest.raises(TypeError, match="linen, Flax NNX or equinox"):
+        analyze_layers(lambda x: x, x)
