@@ -260,7 +260,7 @@ def check_against_analyze(fn, args, program, key) -> dict:
         for a, b in zip(jax.tree_util.tree_leaves(outs),
                         jax.tree_util.tree_leaves(result.samples), strict=True)
     )
-    total_program = sum(int(np.asarray(c)[0]) for c in counts.values())
+    total_program = sum(int(np.asarray(c)[0].sum()) for c in counts.values())
     total_analyze = sum(i.count for i in result.instabilities)
     summary = result.to_dict()
     return {
@@ -416,6 +416,148 @@ def bcoo_notes(a_hat, h, reps: int) -> dict:
 # --- metadata and main -------------------------------------------------------------------------
 
 
+# --- the transformer compile study (issue 17) ---------------------------------------------------
+
+TRANSFORMER_MODES = ("nearest", "toward_zero", "up", "down", "stochastic", "random")
+TARGET_ANALYSIS_COMPILE = 3.0  # analysis compile <= 3 x the nearest emulate program's
+TARGET_RANDOM_COMPILE = 2.0  # stochastic / random emulate compile <= 2 x nearest's
+
+
+def make_transformer(batch: int, seq: int, d_model: int, heads: int, layers: int, seed: int):
+    """A pre-LN transformer block stack in float64 (Flax linen): causal self-attention with
+    ``heads`` heads and an MLP of width 4 d_model per block."""
+    import flax.linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, mask):
+            h = nn.LayerNorm(dtype=jnp.float64, param_dtype=jnp.float64)(x)
+            h = nn.MultiHeadDotProductAttention(num_heads=heads, dtype=jnp.float64,
+                                                param_dtype=jnp.float64)(h, h, mask=mask)
+            x = x + h
+            h = nn.LayerNorm(dtype=jnp.float64, param_dtype=jnp.float64)(x)
+            h = nn.Dense(4 * d_model, dtype=jnp.float64, param_dtype=jnp.float64)(h)
+            h = nn.Dense(d_model, dtype=jnp.float64, param_dtype=jnp.float64)(nn.gelu(h))
+            return x + h
+
+    class Stack(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            mask = nn.make_causal_mask(jnp.ones(x.shape[:2]))
+            for i in range(layers):
+                x = Block(name=f"block_{i}")(x, mask)
+            return x
+
+    model = Stack()
+    x = jnp.asarray(np.random.default_rng(seed).standard_normal((batch, seq, d_model)))
+    params = model.init(jax.random.key(seed), x)
+    description = (f"{layers} pre-LN transformer blocks (Flax linen), d_model {d_model}, "
+                   f"{heads} heads, MLP {4 * d_model}, seq {seq}, batch {batch}, causal mask, "
+                   f"float64")
+    return model.apply, (params, x), description
+
+
+def compile_and_time(jitted, args, reps: int, kwargs=None) -> dict:
+    """Trace+lower, compile, first run and steady-state (median of ``reps``) of a jitted call."""
+    kwargs = kwargs or {}
+    start = time.perf_counter()
+    lowered = jitted.lower(*args, **kwargs)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    compiled_at = time.perf_counter()
+    jax.block_until_ready(compiled(*args, **kwargs))
+    first_at = time.perf_counter()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args, **kwargs))
+        times.append(time.perf_counter() - t0)
+    return {"trace_and_lower_s": lowered_at - start, "compile_s": compiled_at - lowered_at,
+            "first_run_s": first_at - compiled_at, "steady_median_s": float(np.median(times)),
+            "hlo_lines": len(lowered.as_text().splitlines())}
+
+
+def bench_transformer(batch: int, seq: int, d_model: int, layers: int, reps: int,
+                      seed: int) -> dict:
+    """Compile and run times of the plain stack, of emulate in every mode, and of analyze."""
+    from dp2ejax.cestac import analyze as cestac_analyze
+    from dp2ejax.cestac.analyze import _analysis_program, analysis_options
+
+    fn, args, description = make_transformer(batch, seq, d_model, 4, layers, seed)
+    key = jax.random.key(seed)
+    entry = {"model": description, "plain": compile_and_time(jax.jit(fn), args, reps)}
+    emulated = {}
+    for fmt in ("bf16", "fp64"):
+        for mode in TRANSFORMER_MODES:
+            if fmt == "fp64" and mode not in ("nearest", "random"):
+                continue
+            run = jax.jit(emulate(fn, PrecisionPolicy.uniform(fmt, mode)))
+            kwargs = {"rounding_key": key} if mode in ("stochastic", "random") else None
+            emulated[f"{fmt}_{mode}"] = compile_and_time(run, args, reps, kwargs)
+    entry["emulate"] = emulated
+    analyses = {}
+    for fmt in ("bf16", "fp64"):
+        before = _analysis_program.cache_info()
+        start = time.perf_counter()
+        result = cestac_analyze(fn, *args, fmt=fmt, samples=SAMPLES, key=key)
+        block_result(result)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        result = cestac_analyze(fn, *args, fmt=fmt, samples=SAMPLES, key=key)
+        block_result(result)
+        second = time.perf_counter() - start
+        after = _analysis_program.cache_info()
+        options, dyn, _, _ = analysis_options(
+            fn, args, {}, fmt=fmt, samples=SAMPLES, policy=None,
+            cancellation_digits=CANCELLATION_DIGITS, comparisons="stochastic")
+        fresh = _analysis_program.__wrapped__(*options)  # the same program, compiled anew
+        keys = jax.random.split(key, SAMPLES)
+        analyses[fmt] = {
+            "first_call_s": first,
+            "second_call_s": second,
+            "second_call_reused_program": (after.misses == before.misses + 1
+                                           and after.hits == before.hits + 1),
+            "program": compile_and_time(fresh, (keys, dyn), reps),
+            "instability_totals": result.instability_totals(),
+            "digits_min": result.min_digits(),
+        }
+    entry["analyze"] = analyses
+    nearest = emulated["bf16_nearest"]
+    entry["ratios"] = {
+        "analysis_bf16_steady_over_emulate_bf16_random": (
+            analyses["bf16"]["program"]["steady_median_s"]
+            / emulated["bf16_random"]["steady_median_s"]),
+        "analysis_fp64_steady_over_emulate_fp64_random": (
+            analyses["fp64"]["program"]["steady_median_s"]
+            / emulated["fp64_random"]["steady_median_s"]),
+        "analysis_bf16_compile_over_emulate_bf16_nearest": (
+            analyses["bf16"]["program"]["compile_s"] / nearest["compile_s"]),
+        "analysis_fp64_compile_over_emulate_fp64_nearest": (
+            analyses["fp64"]["program"]["compile_s"] / emulated["fp64_nearest"]["compile_s"]),
+        **{f"emulate_{name}_compile_over_nearest": (
+            emulated[name]["compile_s"] / emulated[f"{name.split('_')[0]}_nearest"]["compile_s"])
+           for name in ("bf16_stochastic", "bf16_random", "fp64_random")},
+    }
+    ratios = entry["ratios"]
+    entry["targets"] = [
+        {"target": "second analyze call reuses the compiled program", "passed": all(
+            a["second_call_reused_program"] for a in analyses.values())},
+        *({"target": f"analysis program ({fmt}) <= 3.5 x one emulate run (random)",
+           "ratio": ratios[f"analysis_{fmt}_steady_over_emulate_{fmt}_random"],
+           "passed": ratios[f"analysis_{fmt}_steady_over_emulate_{fmt}_random"]
+           <= TARGET_ANALYSIS_VS_EMULATE} for fmt in ("bf16", "fp64")),
+        *({"target": f"analysis compile ({fmt}) <= 3 x nearest emulate compile",
+           "ratio": ratios[f"analysis_{fmt}_compile_over_emulate_{fmt}_nearest"],
+           "passed": ratios[f"analysis_{fmt}_compile_over_emulate_{fmt}_nearest"]
+           <= TARGET_ANALYSIS_COMPILE} for fmt in ("bf16", "fp64")),
+        *({"target": f"emulate {name} compile <= 2 x nearest's",
+           "ratio": ratios[f"emulate_{name}_compile_over_nearest"],
+           "passed": ratios[f"emulate_{name}_compile_over_nearest"] <= TARGET_RANDOM_COMPILE}
+          for name in ("bf16_stochastic", "bf16_random", "fp64_random")),
+    ]
+    return entry
+
+
 def metadata(argv: list[str], malloc: str) -> dict:
     return {**base_metadata(argv), "jax_enable_x64": bool(jax.config.jax_enable_x64),
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": malloc}
@@ -437,6 +579,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="smoke run: MLP width 64 batch 16, GCN 256 nodes 16 features, 3 repetitions, "
         "1 whole analyze call after the first",
     )
+    parser.add_argument("--only", choices=("all", "workloads", "transformer"), default="all",
+                        help="run only the MLP/GCN workloads or only the transformer study")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="leave glibc's malloc thresholds alone")
     parser.add_argument(
@@ -483,6 +627,8 @@ def main(argv: list[str] | None = None) -> dict:
         "literature": LITERATURE,
         "workloads": {},
     }
+    if args.only == "transformer":
+        workloads = {}
     for name, (fn, fn_args, description, graph) in workloads.items():
         entry = {"model": description}
         if graph:
@@ -492,8 +638,11 @@ def main(argv: list[str] | None = None) -> dict:
         entry.update(bench_workload(fn, fn_args, args.reps, args.e2e_reps, args.seed))
         result["workloads"][name] = entry
 
+    if args.only != "workloads":
+        dims = (2, 16, 32, 2) if args.quick else (8, 256, 256, 4)
+        result["transformer"] = bench_transformer(*dims, reps=args.reps, seed=args.seed)
     targets = []
-    for name in TARGET_WORKLOADS:
+    for name in TARGET_WORKLOADS if args.only != "transformer" else ():
         ratio = result["workloads"][name]["ratios"]["analysis_program_over_emulate_random"]
         targets.append({
             "target": "compiled analysis program (3 samples, instability detection) time "
@@ -503,8 +652,8 @@ def main(argv: list[str] | None = None) -> dict:
             "threshold": TARGET_ANALYSIS_VS_EMULATE,
             "passed": ratio <= TARGET_ANALYSIS_VS_EMULATE,
         })
-    result["targets"] = targets
-    result["all_targets_passed"] = all(t["passed"] for t in targets)
+    result["targets"] = targets + result.get("transformer", {}).get("targets", [])
+    result["all_targets_passed"] = all(t["passed"] for t in result["targets"])
     result["all_checks_passed"] = all(
         check["samples_bitwise_equal_analyze"] and check["instability_counts_equal_analyze"]
         for check in (w["check"] for w in result["workloads"].values())

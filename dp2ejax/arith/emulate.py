@@ -301,6 +301,10 @@ def _exact_conversion(operand, out) -> bool:
     dtype = np.dtype(jnp.result_type(operand))
     if dtype == np.bool_:
         return True
+    if np.dtype(out.dtype) not in _CARRIERS:
+        return False
+    if jnp.issubdtype(dtype, jnp.integer):  # every int8/int16 is a float32, every int32 a float64
+        return np.iinfo(dtype).bits <= carrier_format(out.dtype).precision
     return dtype in _CARRIERS and carrier_format(dtype).is_subset_of(carrier_format(out.dtype))
 
 
@@ -571,7 +575,13 @@ class _Interpreter:
     def _round_operand(self, val: Val, rule: Rule, path: str, prim: str,
                        axis: int | None = None):
         value = jnp.asarray(val.value)
-        if not _is_float(value) or not self._applies(rule, value.dtype, path, prim):
+        if not _is_float(value) or rule.format is None:
+            return value
+        if (np.dtype(value.dtype) in _CARRIERS and not rule.saturate
+                and (not val.const or getattr(rule.format, "has_inf", False))
+                and carrier_format(value.dtype).is_subset_of(rule.format)):
+            return value  # a float32 operand lies in fp64 already (a mask, say)
+        if not self._applies(rule, value.dtype, path, prim):
             return value
         # Program constants saturate (see the module docstring); computed values do not.
         saturate = rule.saturate or (val.const and isinstance(rule.format, FloatFormat))
@@ -672,6 +682,8 @@ class _Interpreter:
         if category == "conversion":
             if invals[0].const:  # a constant cast: it saturates where it is used
                 return [Val(o, None, True) for o in self._bind(eqn, values)]
+            if not _is_float_value(values[0]) and _exact_conversion(values[0], eqn.outvars[0].aval):
+                return [Val(o) for o in self._bind(eqn, values)]  # a mask or small ints: exact
             operands = values  # a conversion rounds its result only
         else:
             operands = [self._round_operand(v, rule, path, name) for v in invals]

@@ -207,15 +207,7 @@ def analyze(
         raise ValueError(f"samples must be an int >= 2, got {samples!r}")
     if comparisons not in COMPARISON_MODES:
         raise ValueError(f"comparisons must be one of {COMPARISON_MODES}, got {comparisons!r}")
-    fmt = get_format(fmt)
-    policy = random_policy(policy, fmt)
-    formats = policy.formats()
-    narrowest = min(formats, key=lambda f: f.precision) if formats else fmt
-    widest = max(formats, key=lambda f: f.precision) if formats else fmt
-    carrier = _carrier_dtype(widest)
-    max_digits = precision_digits(narrowest.precision)
     key = jax.random.key(0) if key is None else key
-    args, kwargs = _to_carrier((args, kwargs), carrier)
     if sample_sharding is None:
         keys = jax.random.split(key, samples)
     else:  # split on the devices of the sharding (they may belong to several processes)
@@ -223,16 +215,14 @@ def analyze(
         keys = jax.jit(lambda raw: jax.random.split(jax.random.wrap_key_data(raw, impl=impl),
                                                     samples),
                        out_shardings=sample_sharding)(np.asarray(jax.random.key_data(key)))
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
-    dynamic = tuple(_is_array_like(leaf) for leaf in leaves)
-    static = tuple(leaf for leaf, d in zip(leaves, dynamic, strict=True) if not d)
-    options = (fn, policy, samples, float(cancellation_digits), float(max_digits), comparisons,
-               treedef, dynamic, static)
+    options, dynamic_leaves, narrowest, max_digits = analysis_options(
+        fn, args, kwargs, fmt=fmt, samples=samples, policy=policy,
+        cancellation_digits=cancellation_digits, comparisons=comparisons)
     try:
         program = _analysis_program(*options)
     except TypeError:  # an unhashable fn or static argument: build the program for this call
         program = _analysis_program.__wrapped__(*options)
-    outs, counts = program(keys, [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d])
+    outs, counts = program(keys, dynamic_leaves)
     _check_float_outputs(outs)
     digits = jax.tree_util.tree_map(
         lambda s: significant_digits(s, 0, max_digits=max_digits), outs)
@@ -252,6 +242,28 @@ def analyze(
         n_samples=samples,
         nonfinite=jax.tree_util.tree_map(lambda s: nonfinite(s, 0), outs),
     )
+
+
+def analysis_options(fn, args, kwargs, *, fmt, samples, policy, cancellation_digits,
+                     comparisons):
+    """What :func:`analyze` compiles its program from: ``(options, dynamic argument leaves,
+    narrowest format, max digits)``; ``_analysis_program(*options)`` is the program (a
+    benchmark can build a fresh one with ``_analysis_program.__wrapped__(*options)``)."""
+    fmt = get_format(fmt)
+    policy = random_policy(policy, fmt)
+    formats = policy.formats()
+    narrowest = min(formats, key=lambda f: f.precision) if formats else fmt
+    widest = max(formats, key=lambda f: f.precision) if formats else fmt
+    carrier = _carrier_dtype(widest)
+    max_digits = precision_digits(narrowest.precision)
+    args, kwargs = _to_carrier((args, kwargs), carrier)
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    dynamic = tuple(_is_array_like(leaf) for leaf in leaves)
+    static = tuple(leaf for leaf, d in zip(leaves, dynamic, strict=True) if not d)
+    options = (fn, policy, samples, float(cancellation_digits), float(max_digits), comparisons,
+               treedef, dynamic, static)
+    return options, [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d], narrowest, \
+        max_digits
 
 
 @functools.lru_cache(maxsize=32)
