@@ -74,7 +74,7 @@ from dp2ejax.arith.formats import (
 from dp2ejax.arith.modules import module_scopes
 from dp2ejax.arith.policy import PrecisionPolicy, Rule
 from dp2ejax.arith.primitives import rule_kind
-from dp2ejax.arith.random_bits import random_bits
+from dp2ejax.arith.random_bits import random_bits, site_bits
 from dp2ejax.arith.rounding import RANDOM_MODES, _round_straight_through
 
 try:  # private, but what jax.core.eval_jaxpr itself uses to keep name stacks and tracebacks
@@ -491,6 +491,7 @@ class _Interpreter:
         self.record = record
         self.iteration = iteration
         self.sites = 0
+        self._seed = None
         self._uses = None
         # A value rounded to a rule's format once, reused at every later use: in the random
         # modes, fresh bits per use would give one datum different values (x - x != 0).
@@ -500,6 +501,16 @@ class _Interpreter:
         key = jax.random.fold_in(self.key, self.sites)
         self.sites += 1
         return key
+
+    def _random_words(self, shape, dtype) -> jax.Array:
+        """Random words for the next rounding site: with the default ``hash`` generator, one
+        Threefry draw per interpreter seeds a counter hash with the site mixed in."""
+        if self.policy.rng != "hash":
+            return random_bits(self._next_key(), shape, dtype, self.policy.rng)
+        if self._seed is None:
+            self._seed = jax.random.bits(self.key, (2,), jnp.uint32)
+        self.sites += 1
+        return site_bits(self._seed, self.sites, shape, dtype)
 
     def _child(self, key: jax.Array | None, observer=None, iteration=None) -> _Interpreter:
         return _Interpreter(self.policy, key, observer, self.record,
@@ -553,7 +564,7 @@ class _Interpreter:
         if name == "convert_element_type" and _exact_conversion(operands[0], out):
             return out  # a widening (or same-dtype) conversion is exact: nothing to round
         if rule.mode == "random":
-            bits = random_bits(self._next_key(), out.shape, out.dtype, self.policy.rng)
+            bits = self._random_words(out.shape, out.dtype)
             return random_round_at_carrier(name, operands, out, bits)
         if rule.mode == "nearest":
             # The identity on values, but it keeps XLA from fusing this result into a later
@@ -568,7 +579,7 @@ class _Interpreter:
     def _round(self, value, rule: Rule, axis: int | None = None, saturate: bool | None = None):
         bits = None
         if rule.mode in RANDOM_MODES:
-            bits = random_bits(self._next_key(), value.shape, value.dtype, self.policy.rng)
+            bits = self._random_words(value.shape, value.dtype)
         saturate = rule.saturate if saturate is None else saturate
         return _round_straight_through(value, bits, rule.format, rule.mode, saturate, axis)
 
@@ -692,8 +703,8 @@ class _Interpreter:
         for out, is_float in zip(outs, float_out, strict=True):
             if not is_float or not self._applies(rule, out.dtype, path, name):
                 result.append(Val(out))
-            elif category in _CLOSED:
-                result.append(Val(out, rule.format))
+            elif category in _CLOSED:  # one of the operands: a constant if one of them is
+                result.append(Val(out, rule.format, any(v.const for v in invals)))
             else:
                 result.append(Val(self._round_result(name, operands, out, rule), rule.format))
         if self.observer is not None:

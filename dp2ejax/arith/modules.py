@@ -104,32 +104,54 @@ def _roots(fn, args) -> list:
     return roots
 
 
+def _subclasses(cls: type) -> set[type]:
+    found, stack = set(), [cls]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                stack.append(sub)
+    return found
+
+
 @contextlib.contextmanager
 def module_scopes(fn, args):
-    """While active, calls of the NNX/equinox modules reachable from ``fn`` and ``args`` push
-    their attribute paths onto JAX's name stack (see the module docstring)."""
+    """While active, calls of NNX/equinox modules push their attribute paths onto JAX's name
+    stack (see the module docstring). Modules reachable from ``fn`` and ``args`` are named
+    before the call; a module built inside ``fn`` (``nnx.merge``, ``eqx.combine``) is named
+    when it is first called outside any other module, as the root of its own paths."""
     types = _module_types()
-    modules = find_modules(_roots(fn, args), types) if types else {}
-    if not modules:
+    if not types:
         yield
         return
+    modules = find_modules(_roots(fn, args), types)
     paths = {key: path for key, (_, path) in modules.items()}
-    classes = {type(m) for m, _ in modules.values()}
+    keep = [m for m, _ in modules.values()]  # the ids stay unique while the trace runs
+    classes = {type(m) for m in keep}
+    for base in types:
+        classes |= {c for c in _subclasses(base) if "__call__" in c.__dict__}
     originals = {cls: (cls.__dict__.get("__call__"), cls.__call__) for cls in classes
-                 if hasattr(cls, "__call__")}
+                 if callable(getattr(cls, "__call__", None))}
     active: list[str] = []
 
     def wrap(original):
         @functools.wraps(original)
         def scoped(self, *a, **k):
             path = paths.get(id(self))
-            if not path:
+            if path is None and not active:  # built inside fn: the root of its own paths
+                for key, (module, sub) in find_modules([self], types).items():
+                    paths.setdefault(key, sub)
+                    keep.append(module)
+                path = paths.get(id(self))
+            if path is None:
                 return original(self, *a, **k)
-            parent = active[-1] if active else ""
+            parent = active[-1] if active else None
+            if parent == path:  # super().__call__ of the same module
+                return original(self, *a, **k)
             rel = path[len(parent) + 1:] if parent and path.startswith(parent + "/") else path
             active.append(path)
             try:
-                with jax.named_scope(rel):
+                with jax.named_scope(rel) if rel else contextlib.nullcontext():
                     return original(self, *a, **k)
             finally:
                 active.pop()

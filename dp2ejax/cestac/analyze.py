@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dp2ejax.arith.emulate import _is_array_like, check_rules, run_emulated
-from dp2ejax.arith.formats import Format, get_format
+from dp2ejax.arith.formats import Format, carrier_format, get_format
 from dp2ejax.arith.policy import PrecisionPolicy, Rule
 from dp2ejax.cestac.digits import (
     computational_zero,
@@ -179,8 +179,10 @@ def analyze(
 
     Args:
       fn: a JAX function (e.g. a Flax ``apply``) returning a pytree of float arrays.
-      *args, **kwargs: its arguments. Float leaves are cast to the carrier: float64 (needs
-        ``jax_enable_x64``) unless the format is narrower than float32 and x64 is off.
+      *args, **kwargs: its arguments. Float leaves are cast to the carrier, float64 (needs
+        ``jax_enable_x64``; float32 when x64 is off and the format fits it), except float32
+        arrays when every format of the analysis is narrower than float32 (bf16, fp16, fp8):
+        those keep their dtype, so state the function builds in float32 still matches.
       fmt: the emulated format (``"fp64"``, ``"fp32"``, ``"bf16"``, …).
       samples: number of random-rounding runs N (>= 2; CADNA uses 3).
       key: PRNG key of the random roundings (default ``jax.random.key(0)``).
@@ -256,7 +258,7 @@ def analysis_options(fn, args, kwargs, *, fmt, samples, policy, cancellation_dig
     widest = max(formats, key=lambda f: f.precision) if formats else fmt
     carrier = _carrier_dtype(widest)
     max_digits = precision_digits(narrowest.precision)
-    args, kwargs = _to_carrier((args, kwargs), carrier)
+    args, kwargs = _to_carrier((args, kwargs), carrier, widest)
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
     dynamic = tuple(_is_array_like(leaf) for leaf in leaves)
     static = tuple(leaf for leaf, d in zip(leaves, dynamic, strict=True) if not d)
@@ -314,10 +316,18 @@ def random_policy(policy: PrecisionPolicy | None, fmt: Format | str = "fp64") ->
                                rules=tuple(randomised(r) for r in policy.rules))
 
 
-def _to_carrier(tree, carrier):
+def _to_carrier(tree, carrier, widest: Format | None = None):
+    """Float leaves to the carrier, except float32 (float64) arrays whose extra bits already
+    hold every format of the analysis (bf16 in float32): casting those would change the dtypes
+    of state the function builds itself (an RNN's float32 carry against float64 inputs)."""
     def cast(leaf):
         if isinstance(leaf, jax.Array | np.ndarray | float | np.floating) and not isinstance(
                 leaf, bool) and jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            dtype = np.dtype(jnp.result_type(leaf))
+            if (widest is not None and not isinstance(leaf, float)
+                    and dtype in (np.dtype(np.float32), np.dtype(np.float64))
+                    and widest.precision < carrier_format(dtype).precision):
+                return leaf
             return jnp.asarray(leaf, carrier)
         return leaf
 

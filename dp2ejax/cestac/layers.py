@@ -44,14 +44,21 @@ def _is_linen(model) -> bool:
     return isinstance(model, nn.Module)
 
 
-def analyze_layers(model, *args, **analyze_kwargs):
+_ANALYZE_OPTIONS = frozenset({"fmt", "samples", "key", "policy", "cancellation_digits",
+                              "comparisons", "sample_sharding"})
+
+
+def analyze_layers(model, *args, **kwargs):
     """CESTAC digits of every module's output, submodules before their parent.
 
     Args:
       model: a ``flax.linen.Module`` (then ``args`` are its variables and inputs, as for
         ``model.apply``), or a Flax NNX / equinox module (then ``args`` are its inputs).
       *args: ``variables, *inputs`` for linen; ``*inputs`` otherwise.
-      **analyze_kwargs: passed to :func:`analyze` (``fmt``, ``samples``, ``key``…).
+      **kwargs: :func:`analyze`'s options (``fmt``, ``samples``, ``key``, ``policy``,
+        ``cancellation_digits``, ``comparisons``, ``sample_sharding``); any other keyword goes
+        to the model: ``mutable=["batch_stats"]`` and ``rngs={"dropout": key}`` for a linen
+        model in training mode (BatchNorm, dropout), ``train=True`` and the like.
 
     Returns:
       ``(layers, result)``: a list of :class:`LayerDigits` (the model's own output last, path
@@ -68,13 +75,19 @@ def analyze_layers(model, *args, **analyze_kwargs):
       >>> [layer.path for layer in layers]
       ['layers_0', 'layers_2', '']
     """
+    analyze_kwargs = {k: v for k, v in kwargs.items() if k in _ANALYZE_OPTIONS}
+    model_kwargs = {k: v for k, v in kwargs.items() if k not in _ANALYZE_OPTIONS}
     if _is_linen(model):
         if not args:
             raise TypeError("analyze_layers(linen_module, variables, *inputs): variables missing")
-        fn = functools.partial(_linen_outputs, model)
+        mutable = model_kwargs.pop("mutable", ())
+        mutable = [mutable] if isinstance(mutable, str) else list(mutable or ())
+        fn = functools.partial(_linen_outputs, model, tuple(mutable))
+        analyze_kwargs = {**analyze_kwargs, **model_kwargs}  # go to fn, beside the inputs
     elif find_modules([model]):
         fn = _module_outputs
         args = (model, *args)
+        analyze_kwargs = {**analyze_kwargs, **model_kwargs}
     else:
         raise TypeError(f"model must be a Flax linen, Flax NNX or equinox module, got "
                         f"{type(model).__name__}")
@@ -110,19 +123,19 @@ def _add(captured: dict, path: str, value) -> None:
         captured[name] = leaf
 
 
-def _linen_outputs(model, variables, *inputs):
+def _linen_outputs(model, mutable, variables, *inputs, **model_kwargs):
     out, state = model.apply(variables, *inputs, capture_intermediates=True,
-                             mutable=["intermediates"])
+                             mutable=["intermediates", *mutable], **model_kwargs)
     captured: dict = {}
     for names, value in _walk(state.get("intermediates", {}), ()):
         _add(captured, "/".join(names), value)
     return _with_output(out, captured)
 
 
-def _module_outputs(model, *inputs):
+def _module_outputs(model, *inputs, **model_kwargs):
     captured: dict = {}
     with _capture(model, captured):
-        out = model(*inputs)
+        out = model(*inputs, **model_kwargs)
     return _with_output(out, captured)
 
 

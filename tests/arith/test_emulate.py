@@ -801,13 +801,18 @@ def test_python_bool_arguments_stay_static():
 def test_fp64_policy_on_float32_raises():
     with pytest.raises(ValueError, match=r"float32.*float64.*x64"):
         emulate(lambda v: v * 2.0, PrecisionPolicy.uniform("fp64"))(jnp.ones(3, F32))
-    # A rule that only reaches the matmul inputs is checked there too, naming the path.
+    # A rule that only reaches the matmul inputs needs no float64: float32 inputs are fp64
+    # values already (rounding them is exact), so the product is the fp32 one.
     policy = PrecisionPolicy(
         default="fp32", rules=[Rule("fp64", path="Dense_0", kinds=("matmul_inputs",))]
     )
     model = nn.Dense(2, name="Dense_0")
     x = jnp.ones((1, 3), F32)
     params = model.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(emulate(model.apply, policy)(params, x),
+                                  emulate(model.apply, "fp32")(params, x))
+    # while a float32 result under an fp64 accumulation rule is refused, naming the path
+    policy = PrecisionPolicy(default="fp32", rules=[Rule("fp64", path="Dense_0")])
     with pytest.raises(ValueError, match=r"'fp64'.*Dense_0.*dot_general"):
         emulate(model.apply, policy)(params, x)
 

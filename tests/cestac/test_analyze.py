@@ -157,7 +157,9 @@ def test_cancellation_loses_the_cancelled_digits(constructed_runs, fmt):
     # a loss of >= 4 digits is reported as a cancellation at the subtraction, per element
     lost = np.log10(x / d)
     cancellations = sites(result, "cancellation")
-    assert sum(i.count for i in cancellations) == np.sum(lost >= 4)
+    # CADNA's test is on the digits of the operands and the result (cadna_sub.h), estimated
+    # from 3 samples: an element at the threshold may fall either side of it
+    assert abs(sum(i.count for i in cancellations) - int(np.sum(lost >= 4))) <= 1
     assert all(i.primitive == "sub" for i in cancellations)
 
 

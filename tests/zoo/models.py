@@ -43,6 +43,7 @@ class ZooModel:
     target: str | None = None  # one layer of ``layers`` to give its own Rule
     module: Any = None  # the flax.linen Module, for analyze_layers
     layer_inputs: tuple | None = None  # positional inputs of module.apply for analyze_layers
+    attr_paths: tuple[str, ...] = ()  # NNX/equinox attribute paths (no name stack needed)
     notes: str = ""
 
 
@@ -344,7 +345,8 @@ class NNXMLP(nnx.Module):
 
     def __call__(self, x, *, rngs: nnx.Rngs | None = None):
         x = nnx.gelu(self.layers[0](x))
-        x = self.dropout(self.norm(nnx.relu(self.layers[1](x))), rngs=rngs)
+        x = self.norm(nnx.relu(self.layers[1](x)))
+        x = self.dropout(x, rngs=rngs, deterministic=rngs is None)  # no rngs: eval mode
         return self.layers[2](x)
 
 
@@ -364,7 +366,28 @@ def nnx_mlp() -> ZooModel:
 
     return ZooModel("nnx_mlp", "nnx", lambda p, x, k, y: apply(p, x, k), params,
                     (x, key, labels), loss, layers=(), target=None,
-                    notes="NNX pushes no name scopes: there is no module path to target")
+                    attr_paths=("layers/0", "layers/1", "layers/2", "norm"),
+                    notes="functional split/merge; NNX pushes no name scopes")
+
+
+def nnx_mlp_module() -> ZooModel:
+    """The same model passed as a module (NNX modules are pytrees): ``apply(model, x, key)``."""
+    model = NNXMLP(6, 16, 3, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 6), F32)
+    labels = jnp.array([0, 1])
+
+    def apply(model, x, key):
+        return model(x, rngs=nnx.Rngs(dropout=key))
+
+    def loss(model, x, key, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(model, x, key),
+                                                               labels).mean()
+
+    return ZooModel("nnx_mlp_module", "nnx", lambda p, x, k, y: apply(p, x, k), model,
+                    (x, jax.random.key(3), labels), loss, layers=(), target=None,
+                    module=model, layer_inputs=(x,),
+                    attr_paths=("layers/0", "layers/1", "layers/2", "norm"),
+                    notes="the module itself as params (grad/optax over an nnx.Module)")
 
 
 # --- equinox: custom Module with a list of Linear layers, an eqx.nn.MLP, custom_jvp/vjp ------
@@ -433,13 +456,15 @@ def equinox_mlp() -> ZooModel:
         return -jnp.take_along_axis(logp, labels[:, None], axis=1).mean()
 
     return ZooModel("equinox_mlp", "equinox", lambda p, x, y: apply(p, x), params, (x, labels),
-                    loss, layers=("layers_0", "layers_1", "mlp", "eqx.nn.Linear"), target="layers_1",
+                    loss, layers=("layers_0", "layers_1", "mlp", "eqx.nn.Linear"),
+                    target="layers_1", module=model, layer_inputs=(x[0],),
+                    attr_paths=("layers/0", "layers/1", "mlp/layers/0"),
                     notes="custom_jvp safe_log, custom_vjp clip_gradient, jax.named_scope")
 
 
 BUILDERS: dict[str, Callable[[], ZooModel]] = {
     f.__name__: f for f in (attention_encoder, transformer_lm, cnn_train, cnn_eval, lstm_scan,
-                            vae, gnn, nnx_mlp, equinox_mlp)
+                            vae, gnn, nnx_mlp, nnx_mlp_module, equinox_mlp)
 }
 
 
