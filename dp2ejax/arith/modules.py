@@ -131,7 +131,7 @@ def module_scopes(fn, args):
     for base in types:
         classes |= {c for c in _subclasses(base) if "__call__" in c.__dict__}
     originals = {cls: (cls.__dict__.get("__call__"), cls.__call__) for cls in classes
-                 if callable(getattr(cls, "__call__", None))}
+                 if any("__call__" in k.__dict__ for k in cls.__mro__[:-1])}
     active: list[str] = []
 
     def wrap(original):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dp2ejax.arith.emulate import _nonfinite_new, _is_float, source_location
+from dp2ejax.arith.emulate import _is_float, _nonfinite_new, source_location
 from dp2ejax.arith.formats import FloatFormat
 
 COUNT_NAMES: tuple[str, ...] = ("overflow", "saturated", "underflow", "nan", "nonfinite")

@@ -18,7 +18,8 @@ ones are never non-significant. Per operation site, the observer counts the elem
 - ``math_function``: an elementary function (log, sqrt, exp, sin, tanh, pow…, CADNA's list in
   ``cadna_math.cc``) of a non-significant argument (for ``pow``, of either argument);
 - ``cancellation``: an addition or subtraction whose result has at least ``k`` fewer exact digits
-  than the less accurate of its operands: ``min(C_a, C_b) - C_result >= k`` (``cadna_add.h``, ``cadna_sub.h``; CADNA's default k = 4).
+  than the less accurate of its operands: ``min(C_a, C_b) - C_result >= k`` (``cadna_add.h``,
+  ``cadna_sub.h``; CADNA's default k = 4).
   Exact results keep every digit and are never cancellations. Each site keeps a histogram of
   the digits lost (one-digit bins), so it can say the fewest and the median lost; it is
   *benign* when its result feeds only exponentials (``exp``, ``exp2``, ``logistic``, through

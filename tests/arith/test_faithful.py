@@ -57,9 +57,9 @@ def test_relu_rule_survives():
 def test_user_custom_jvp_and_vjp_rules_are_used():
     x = jnp.array([0.25, 3.0], F32)
     for policy in ("fp32", "bf16"):
-        grad = jax.grad(lambda v: jnp.sum(emulate(safe_log, policy)(v)))(x)
+        grad = jax.grad(lambda v, p=policy: jnp.sum(emulate(safe_log, p)(v)))(x)
         np.testing.assert_array_equal(grad, np.float32([1.0, 1.0 / 3.0]))  # 1/max(x, 1)
-        grad = jax.grad(lambda v: jnp.sum(emulate(doubled_grad_sin, policy)(v)))(x)
+        grad = jax.grad(lambda v, p=policy: jnp.sum(emulate(doubled_grad_sin, p)(v)))(x)
         np.testing.assert_array_equal(grad, [2.0, 2.0])
     # the forward pass is still emulated under the rule
     np.testing.assert_array_equal(
@@ -83,7 +83,7 @@ def test_remat_and_jit_keep_working_under_grad():
     assert any(rule_kind(e.primitive) == "remat" for e in jaxpr.jaxpr.eqns)
 
 
-# --- bits, PRNG ------------------------------------------------------------------------------------
+# --- bits, PRNG -----------------------------------------------------------------------------------
 
 
 def test_prng_internals_run_at_carrier_precision():
@@ -115,7 +115,7 @@ def test_bitcast_is_not_rounded():
     assert rule_kind(lax.bitcast_convert_type_p) == "bits"
 
 
-# --- constants -------------------------------------------------------------------------------------
+# --- constants ------------------------------------------------------------------------------------
 
 
 def masked_attention_logits():
@@ -161,7 +161,7 @@ def test_constants_saturate_and_the_trace_says_so():
     assert bool(jnp.isinf(out[0]))
 
 
-# --- the primitive table ------------------------------------------------------------------------------
+# --- the primitive table --------------------------------------------------------------------------
 
 
 def test_unknown_primitive_is_an_error_naming_it():
@@ -197,7 +197,7 @@ def test_shard_map_is_emulated():
     assert not np.array_equal(jax.jit(emulate(mapped, "bf16"))(x), mapped(x))
 
 
-# --- arguments, name stacks ---------------------------------------------------------------------------
+# --- arguments, name stacks -----------------------------------------------------------------------
 
 
 def test_python_int_argument_stays_static():
@@ -234,7 +234,7 @@ def test_unmatched_rule_warns_once_or_raises():
         emulate(model.apply, policy, strict=True)(params, x)
 
 
-# --- the emulation trace ---------------------------------------------------------------------------------
+# --- the emulation trace --------------------------------------------------------------------------
 
 
 def test_trace_counts_and_first_nonfinite():
@@ -257,7 +257,7 @@ def test_trace_counts_and_first_nonfinite():
     np.testing.assert_array_equal(jitted.counts, trace.counts)
 
 
-# --- scan iterations, NNX and equinox paths --------------------------------------------------------------
+# --- scan iterations, NNX and equinox paths -------------------------------------------------------
 
 
 class Block(nn.Module):
