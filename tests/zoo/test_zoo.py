@@ -61,7 +61,13 @@ def test_emulate_under_every_policy(zoo):
             strict=True))
 
 
-def test_grad_and_an_optax_step(zoo):
+GRAD_MODELS = ["attention_encoder", "cnn_train", "lstm_scan", "nnx_mlp_module", "equinox_mlp"]
+
+
+@pytest.mark.parametrize("name", [n if n in GRAD_MODELS else pytest.param(
+    n, marks=pytest.mark.slow) for n in sorted(models.BUILDERS)])
+def test_grad_and_an_optax_step(name):
+    zoo = models.BUILDERS[name]()
     optimizer = optax.adam(1e-3)
     state = optimizer.init(zoo.params)
 
