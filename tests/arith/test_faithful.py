@@ -132,7 +132,7 @@ MX_INPUTS = PrecisionPolicy("bf16", [Rule("mxfp8_e4m3", kinds=("matmul_inputs",)
 
 @pytest.mark.parametrize("policy", ["bf16", pytest.param("fp16", marks=pytest.mark.slow),
                                     "fp8_e4m3", pytest.param("fp8_e5m2", marks=pytest.mark.slow),
-                                    MX_INPUTS],
+                                    pytest.param(MX_INPUTS, marks=pytest.mark.slow)],
                          ids=["bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "mx_inputs"])
 def test_masked_flax_attention_stays_finite(policy):
     """Flax fills masked scores with finfo(float32).min; fully padded rows must not become

@@ -26,7 +26,12 @@ POLICIES = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(models.BUILDERS))
+SLOW_EMULATE = {"transformer_lm", "cnn_train", "nnx_mlp_module"}  # their kinds run below too
+
+
+@pytest.fixture(scope="module", params=[
+    n if n not in SLOW_EMULATE else pytest.param(n, marks=pytest.mark.slow)
+    for n in sorted(models.BUILDERS)])
 def zoo(request):
     return models.BUILDERS[request.param]()
 
@@ -61,7 +66,7 @@ def test_emulate_under_every_policy(zoo):
             strict=True))
 
 
-GRAD_MODELS = ["attention_encoder", "cnn_train", "lstm_scan", "nnx_mlp_module", "equinox_mlp"]
+GRAD_MODELS = ["attention_encoder", "cnn_train", "nnx_mlp_module", "equinox_mlp"]
 
 
 @pytest.mark.parametrize("name", [n if n in GRAD_MODELS else pytest.param(
@@ -86,7 +91,7 @@ def test_grad_and_an_optax_step(name):
     assert float(jnp.linalg.norm(flat - ref) / jnp.linalg.norm(ref)) < 0.15
 
 
-@pytest.mark.parametrize("name", ["gnn", pytest.param("nnx_mlp", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", ["nnx_mlp", pytest.param("gnn", marks=pytest.mark.slow),
                                   pytest.param("equinox_mlp", marks=pytest.mark.slow)])
 def test_cestac_without_false_instabilities(name):
     zoo = models.BUILDERS[name]()
