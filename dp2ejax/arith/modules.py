@@ -158,6 +158,14 @@ def module_scopes(fn, args):
 
         return scoped
 
+    with patched_calls(originals, wrap):
+        yield
+
+
+@contextlib.contextmanager
+def patched_calls(originals: dict, wrap):
+    """Sets each class's ``__call__`` to ``wrap(its resolved __call__)`` while active;
+    ``originals`` maps a class to ``(its own __call__ or None, the resolved one)``."""
     try:
         for cls, (_, resolved) in originals.items():
             type.__setattr__(cls, "__call__", wrap(resolved))

@@ -70,9 +70,15 @@ def random_bits(
     if rng != "hash":
         raise ValueError(f"rng must be one of {RANDOM_BIT_GENERATORS}, got {rng!r}")
     seed = jax.random.bits(key, (2,), jnp.uint32)
+    return _counter_hash(seed[0], seed[1], shape, width)
+
+
+def _counter_hash(seed0, seed1, shape, width: int) -> jax.Array:
+    """``triple32(triple32(index ^ seed0) ^ seed1)`` of every element's flat index, as words of
+    ``width`` bytes (a 64-bit word takes a second hash for its low half)."""
     size = int(np.prod(shape, dtype=np.int64))
     counter = lax.iota(jnp.uint32, size).reshape(shape) if size else jnp.zeros(shape, jnp.uint32)
-    h = _triple32(_triple32(counter ^ seed[0]) ^ seed[1])
+    h = _triple32(_triple32(counter ^ seed0) ^ seed1)
     if width == 4:
         return h
     if width == 2:
@@ -93,14 +99,5 @@ def site_bits(seed: jax.Array, site: int, shape: tuple[int, ...], dtype) -> jax.
       ...                                                                    jnp.float32)))
       True
     """
-    width = np.dtype(dtype).itemsize
-    size = int(np.prod(shape, dtype=np.int64))
-    counter = lax.iota(jnp.uint32, size).reshape(shape) if size else jnp.zeros(shape, jnp.uint32)
     mix = np.uint32(_triple32_int((int(site) * 0x9E3779B9 + 0x7F4A7C15) & 0xFFFFFFFF))
-    h = _triple32(_triple32(counter ^ seed[0]) ^ (seed[1] ^ mix))
-    if width == 4:
-        return h
-    if width == 2:
-        return (h >> np.uint32(16)).astype(jnp.uint16)
-    low = _triple32(h + np.uint32(0x9E3779B9))
-    return (h.astype(jnp.uint64) << np.uint64(32)) | low.astype(jnp.uint64)
+    return _counter_hash(seed[0], seed[1] ^ mix, shape, np.dtype(dtype).itemsize)

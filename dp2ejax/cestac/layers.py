@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dp2ejax.arith.modules import find_modules
+from dp2ejax.arith.modules import find_modules, patched_calls
 from dp2ejax.cestac.analyze import CestacResult, analyze
 
 
@@ -168,16 +168,8 @@ def _capture(model, captured: dict):
 
         return recorded
 
-    try:
-        for cls, (_, resolved) in originals.items():
-            type.__setattr__(cls, "__call__", wrap(resolved))
+    with patched_calls(originals, wrap):
         yield
-    finally:
-        for cls, (own, _) in originals.items():
-            if own is None:
-                type.__delattr__(cls, "__call__")
-            else:
-                type.__setattr__(cls, "__call__", own)
 
 
 def _walk(tree, names):
